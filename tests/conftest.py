@@ -1,0 +1,69 @@
+"""Shared fixtures: where the shared data and conformance fixtures live, and small models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    return Path(os.environ.get("RITM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+def conformance_root() -> Path:
+    """Folder of the conformance fixtures: $RITM_CONFORMANCE_DIR, else ../shared/conformance."""
+    env = os.environ.get("RITM_CONFORMANCE_DIR")
+    return Path(env).resolve() if env else _shared_root() / "conformance"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """../shared/data; skips the test with a reason when it is absent."""
+    path = _shared_root() / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared data folder not found at {path} (set RITM_SHARED_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def conformance_dir() -> Path:
+    path = conformance_root()
+    if not (path / "model_forward.npz").is_file():
+        pytest.skip(f"conformance fixtures not found at {path} (set RITM_CONFORMANCE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def conformance_checkpoint(conformance_dir: Path) -> Path:
+    files = sorted(conformance_dir.glob("*.pth"))
+    if not files:
+        pytest.skip(f"no .pth checkpoint in {conformance_dir}")
+    return files[0]
+
+
+def load_npz(folder: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(folder / f"{name}.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def conformance_model(conformance_checkpoint: Path):
+    """The conformance checkpoint, strictly loaded, in eval mode on CPU."""
+    from napari_ritm.model import load_checkpoint
+
+    return load_checkpoint(conformance_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    """Two threads, as on the target laptops and CI (keeps timings and numerics comparable)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
