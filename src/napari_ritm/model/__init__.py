@@ -1,0 +1,84 @@
+"""The RITM model: network, click encoding and checkpoint I/O (torch only; no napari or Qt)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..errors import RitmError
+from .checkpoint import (
+    ALLOWED_GLOBALS,
+    infer_architecture,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
+from .configs import VARIANTS, official_config
+from .is_model import ISModel, encode_disks, xavier_gluon_init
+
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "VARIANTS",
+    "ISModel",
+    "build_model",
+    "encode_disks",
+    "infer_architecture",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "official_config",
+    "save_checkpoint",
+    "select_device",
+    "xavier_gluon_init",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(
+    variant: str = "hrnet18s", *, with_prev_mask: bool = True, init: str = "xavier"
+) -> ISModel:
+    """Build a RITM model with fresh weights.
+
+    Args:
+        variant: ``"hrnet18s"``, ``"hrnet18"`` or ``"hrnet32"``.
+        with_prev_mask: ITER-M model (previous mask as input); False gives the
+            non-iterative baseline.
+        init: ``"xavier"`` (the reference initialisation for training from scratch) or ``"none"``
+            (PyTorch defaults).
+
+    Returns:
+        The model in train mode on the CPU.
+    """
+    model = ISModel(variant, with_prev_mask=with_prev_mask)
+    if init == "xavier":
+        xavier_gluon_init(model)
+    elif init != "none":
+        raise ValueError(f"init must be 'xavier' or 'none', got {init!r}")
+    return model
+
+
+def select_device(preferred: str | torch.device | None = None) -> torch.device:
+    """Pick the device to run on: the preferred one, else CUDA, then Apple MPS, then CPU.
+
+    Args:
+        preferred: ``None`` or ``"auto"`` for the best available, or a torch device string.
+
+    Raises:
+        RitmError: if the preferred device is not available on this machine.
+    """
+    if preferred is not None and str(preferred) != "auto":
+        device = torch.device(preferred)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RitmError("CUDA was requested but is not available on this machine")
+        if device.type == "mps" and not (torch.backends.mps.is_available()):
+            raise RitmError("Apple MPS was requested but is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    logger.info("using device %s", device)
+    return device

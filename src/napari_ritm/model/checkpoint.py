@@ -1,0 +1,296 @@
+"""Checkpoint I/O in the official RITM file format (ritm-reference §5-§6).
+
+A checkpoint is ``torch.save`` of ``{"state_dict": ..., "config": {...}}``; ours add a
+``"metadata"`` entry (plain builtins) that the official loader ignores. Loading never executes
+code from the file (``weights_only=True``) and is strict: every key used, none missing, equal
+shapes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, RitmError
+from .configs import VARIANTS, official_config, variant_name
+from .is_model import ISModel
+
+logger = logging.getLogger(__name__)
+
+#: Globals the unpickler may build beyond torch's weights-only defaults. The official format holds
+#: only tensors, OrderedDicts, dicts, lists, tuples, strings, numbers, booleans and None, which the
+#: defaults already cover, so nothing is added: anything else in a file is refused.
+ALLOWED_GLOBALS: tuple[Any, ...] = ()
+
+_PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
+
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} was refused: it holds objects other than tensors and plain data, and loading "
+            f"it could run code from the file ({str(exc).splitlines()[0]}). Only load checkpoints "
+            "from sources you trust, saved in the RITM format."
+        ) from exc
+    except Exception as exc:
+        # Any other failure means the bytes are not a checkpoint: torch's unpickler raises
+        # RuntimeError, EOFError, BadZipFile, IndexError... depending on where parsing breaks.
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupted or truncated?): {exc}"
+        ) from exc
+
+
+def _clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in _PREFIXES_TO_STRIP:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        cleaned[key] = value
+    return cleaned
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
+    """Infer ``(variant, with_prev_mask)`` from the tensor shapes alone (§5, last paragraph).
+
+    Raises:
+        CheckpointError: if the shapes match no RITM HRNet+OCR variant.
+    """
+    try:
+        coord_channels = state_dict["maps_transform.0.weight"].shape[1]
+        width = state_dict["feature_extractor.transition1.0.0.weight"].shape[0]
+        ocr_mid = state_dict["feature_extractor.conv3x3_ocr.0.weight"].shape[0]
+    except KeyError as exc:
+        raise CheckpointError(
+            f"not a RITM HRNet+OCR state dict: key {exc.args[0]!r} is missing"
+        ) from exc
+    small = "feature_extractor.layer1.2.conv1.weight" not in state_dict
+    try:
+        variant = variant_name(int(width), int(ocr_mid) // 2, small)
+    except KeyError as exc:
+        raise CheckpointError(
+            f"the checkpoint's architecture (HRNet width {width}, OCR width {ocr_mid // 2}, "
+            f"small={small}) is none of the supported variants {sorted(VARIANTS)}"
+        ) from exc
+    if coord_channels not in (2, 3):
+        raise CheckpointError(
+            f"maps_transform.0.weight has {coord_channels} input channels, expected 2 or 3"
+        )
+    return variant, coord_channels == 3
+
+
+def _config_architecture(config: Any) -> tuple[str, bool] | None:
+    if not isinstance(config, Mapping) or "params" not in config:
+        return None
+    params = config["params"]
+
+    def value(name: str, default: Any) -> Any:
+        entry = params.get(name)
+        return entry.get("value", default) if isinstance(entry, Mapping) else default
+
+    try:
+        variant = variant_name(
+            int(value("width", 0)), int(value("ocr_width", 0)), bool(value("small", False))
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return variant, bool(value("with_prev_mask", False))
+
+
+def load_state_dict_strict(
+    model: ISModel, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
+    """Copy ``state_dict`` into ``model``; every key must exist on both sides with equal shapes.
+
+    Half-precision tensors are accepted and cast to the model's dtype.
+
+    Raises:
+        CheckpointError: listing the first missing / unexpected / mis-shaped keys.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mis_shaped:
+        parts = [
+            f"{source} does not match the {model.variant} architecture "
+            f"({len(state_dict)} keys in the file, {len(expected)} expected)"
+        ]
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:5])}")
+        if mis_shaped:
+            parts.append(f"wrong shape {len(mis_shaped)}: {'; '.join(mis_shaped[:3])}")
+        raise CheckpointError(". ".join(parts))
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"{source}: entry {key!r} is a {type(tensor).__name__}, not a tensor"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source}: entry {key!r} holds NaN or infinite values")
+    converted = {
+        k: (v.to(expected[k].dtype) if v.is_floating_point() else v) for k, v in state_dict.items()
+    }
+    model.load_state_dict(converted, strict=True)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = "cpu",
+    variant: str | None = None,
+) -> ISModel:
+    """Load an official-format RITM checkpoint strictly, in eval mode.
+
+    Args:
+        path: a ``.pth`` file in the official format (``{"state_dict", "config"}``), optionally
+            with our ``"metadata"``; a bare state dict is accepted too.
+        device: where to put the model; ``None`` picks the best available (see ``select_device``).
+        variant: expected architecture; a file of another one is refused with a clear error.
+
+    Returns:
+        The model, in ``eval()`` mode, with ``model.metadata`` set from the file.
+
+    Raises:
+        CheckpointError: missing, unreadable or unsafe file, or keys/shapes that do not match.
+    """
+    from . import select_device
+
+    path = Path(path)
+    content = _read_file(path)
+    if isinstance(content, (list, tuple)) and content and isinstance(content[0], Mapping):
+        content = content[0]  # a multi-stage "click models" checkpoint: the first is the main net
+    if not isinstance(content, Mapping):
+        raise CheckpointError(
+            f"{path} holds a {type(content).__name__}, not a RITM checkpoint dict"
+        )
+    state_dict = content.get("state_dict", content)
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise CheckpointError(f"{path} has no 'state_dict' entry")
+    state_dict = _clean_state_dict(state_dict)
+    arch = infer_architecture(state_dict)
+    config_arch = _config_architecture(content.get("config"))
+    if config_arch is not None and config_arch != arch:
+        raise CheckpointError(
+            f"{path}: its config describes {config_arch[0]} (prev mask: {config_arch[1]}) but its "
+            f"weights are {arch[0]} (prev mask: {arch[1]})"
+        )
+    if variant is not None and arch[0] != variant:
+        raise CheckpointError(
+            f"{path} is a {arch[0]} checkpoint ({len(state_dict)} keys), expected {variant}; "
+            f"choose the {arch[0]} architecture instead"
+        )
+    model = ISModel(arch[0], with_prev_mask=arch[1])
+    load_state_dict_strict(model, state_dict, source=str(path))
+    metadata = content.get("metadata")
+    model.metadata = dict(metadata) if isinstance(metadata, Mapping) else {}
+    model.metadata.setdefault("source", str(path))
+    model.eval()
+    target = select_device(device) if device is None or isinstance(device, str) else device
+    logger.info(
+        "loaded %s (%s) from %s on %s",
+        arch[0],
+        "ITER-M" if arch[1] else "no prev mask",
+        path,
+        target,
+    )
+    return model.to(target)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"metadata {where} is {value}; use None for missing numbers")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"metadata {where} has a non-string key {key!r}")
+            _check_plain(item, f"{where}.{key}")
+        return
+    raise ValueError(
+        f"metadata {where} is a {type(value).__name__}; only str, int, float, bool, None, "
+        "lists and dicts can be stored (they load with weights_only=True)"
+    )
+
+
+def save_checkpoint(
+    model: ISModel,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Save ``model`` in the official RITM format (loadable by the official code too).
+
+    Args:
+        model: the network (a DDP/compiled wrapper is unwrapped by key prefix).
+        path: destination; written atomically (temporary file, then rename).
+        metadata: plain-data information stored under ``"metadata"`` (training command, data,
+            normalization, scores...).
+        half: store floating-point tensors as float16 (halves the file; loading casts back).
+
+    Returns:
+        The written path.
+
+    Raises:
+        RitmError: if the disk is full or the folder is not writable.
+    """
+    path = Path(path)
+    state_dict = _clean_state_dict(model.state_dict())
+    state = {
+        k: (
+            v.detach().to("cpu", torch.float16)
+            if half and v.is_floating_point()
+            else v.detach().cpu()
+        )
+        for k, v in state_dict.items()
+    }
+    content: dict[str, Any] = {
+        "state_dict": state,
+        "config": official_config(model.variant, with_prev_mask=model.with_prev_mask),
+    }
+    if metadata:
+        meta = dict(metadata)
+        _check_plain(meta, "")
+        content["metadata"] = meta
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(content, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise RitmError(
+                f"no space left on the device while writing {path} (a checkpoint needs about "
+                f"{sum(v.numel() * v.element_size() for v in state.values()) / 2**20:.0f} MiB); "
+                "free disk space or choose another output folder"
+            ) from exc
+        raise RitmError(f"could not write checkpoint {path}: {exc}") from exc
+    return path
