@@ -1,0 +1,275 @@
+"""The ``napari-ritm`` command: ``evaluate``, ``weights`` and ``view`` sub-commands.
+
+``napari-ritm evaluate --model hrnet18s --dataset PATH --baseline --json out.json --plot out.png``
+prints NoC@85/90, failures, mIoU@1/3/5/10 and seconds per click (see ``docs/evaluation.md``).
+User errors (:class:`~napari_ritm.errors.RitmError`) print one line on stderr and exit with 2.
+Heavy modules (torch, the model, napari) are imported only by the sub-command that needs them,
+so ``napari-ritm --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_ritm import __version__
+from napari_ritm.errors import RitmError
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+
+
+def _module_exists(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ModuleNotFoundError, ValueError):
+        return False
+
+
+def _default_model() -> str | None:
+    if _module_exists("napari_ritm.weights"):
+        return getattr(importlib.import_module("napari_ritm.weights"), "DEFAULT_MODEL", None)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``napari-ritm`` with all sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="napari-ritm",
+        description="RITM click-based interactive segmentation: evaluation, weights, viewer.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-ritm {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="NoC@85/90 and mIoU@k of a model (and the GrabCut baseline) on a data set",
+        description=(
+            "Simulate clicks on every object of a data set with the official RITM protocol and "
+            "report NoC@85, NoC@90, failures, mIoU@k and seconds per click."
+        ),
+    )
+    ev.add_argument(
+        "--model",
+        default=None,
+        help="registered weights name or checkpoint path (default: the project default model)",
+    )
+    ev.add_argument("--dataset", required=True, type=Path, help="data set folder")
+    ev.add_argument("--max-clicks", type=int, default=20, help="click budget per object (20)")
+    ev.add_argument(
+        "--target-iou",
+        type=float,
+        default=0.90,
+        help="stop an object at this IoU (0.90); > 1, e.g. 1.01, gives exact mIoU@k curves",
+    )
+    ev.add_argument("--json", type=Path, default=None, help="write the metrics to this JSON file")
+    ev.add_argument("--plot", type=Path, default=None, help="save the mIoU@k plot (.png/.pdf/.svg)")
+    ev.add_argument(
+        "--per-sample", type=Path, default=None, help="write per-object IoUs and clicks as JSON"
+    )
+    ev.add_argument("--baseline", action="store_true", help="also evaluate the GrabCut baseline")
+    ev.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="evaluate only the GrabCut baseline (no model, no torch); --model is ignored",
+    )
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best)")
+    ev.add_argument(
+        "--min-area", type=int, default=50, help="skip instances smaller than this (pixels)"
+    )
+    ev.add_argument(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="at most N objects per image / stack plane (seeded random subset)",
+    )
+    ev.add_argument(
+        "--limit", type=int, default=None, help="at most N objects in total (seeded random subset)"
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of the subsets (0)")
+    ev.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in test-time crop")
+    ev.add_argument("--no-flip", action="store_true", help="disable horizontal-flip averaging")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    if _module_exists("napari_ritm.weights"):
+        importlib.import_module("napari_ritm.weights").register_cli(sub)
+
+    view = sub.add_parser(
+        "view",
+        help="open napari with the RITM widget",
+        description="Open napari with the RITM click-segmentation widget and an image.",
+    )
+    if _module_exists("napari_ritm._launch"):
+        # the launcher owns its options; importing it is cheap (argparse only)
+        importlib.import_module("napari_ritm._launch").build_parser(view)
+    else:
+        view.add_argument("image", nargs="?", default=None, help="image file to open")
+    view.set_defaults(func=_cmd_view)
+    return parser
+
+
+def _load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
+    """The ClickSession for ``--model`` and the model's display name."""
+    name = args.model if args.model is not None else _default_model()
+    if _module_exists("napari_ritm.weights"):
+        from napari_ritm.weights import load_model
+
+        model = load_model(args.model, device=args.device)
+    else:  # registry not installed: only checkpoint files can be evaluated
+        path = Path(str(args.model)) if args.model is not None else None
+        if path is None or not path.is_file():
+            raise RitmError(
+                f"cannot resolve model {args.model!r}: the weights registry is not available; "
+                "pass a checkpoint file with --model PATH.pth"
+            )
+        from napari_ritm.model import load_checkpoint, select_device
+
+        model = load_checkpoint(path, device=str(select_device(args.device)))
+    from napari_ritm.session import ClickSession
+
+    session = ClickSession(
+        model, zoom_in=not args.no_zoom_in, flip=not args.no_flip, device=args.device
+    )
+    display = str(name) if name is not None else "model"
+    if Path(display).suffix and Path(display).is_file():
+        display = Path(display).name
+    return session, display
+
+
+def _progress_bar(enabled: bool, total: int, desc: str) -> tuple[Any, Any]:
+    """A tqdm bar on stderr and the matching progress(done, total, message) callback."""
+    if not enabled:
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total or None, desc=desc, unit="obj", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.update(done - bar.n)
+        bar.set_postfix_str(message, refresh=False)
+
+    return bar, progress
+
+
+def _evaluate(predictor: Any, dataset: Any, args: argparse.Namespace, name: str) -> Any:
+    from napari_ritm.evaluation import evaluate_dataset
+
+    bar, progress = _progress_bar(not args.no_progress, len(dataset), f"{name} on {dataset.name}")
+    try:
+        return evaluate_dataset(
+            predictor,
+            dataset,
+            max_clicks=args.max_clicks,
+            target_iou=args.target_iou,
+            model=name,
+            dataset=dataset.name,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_ritm.datasets import load_dataset
+    from napari_ritm.evaluation import format_table, plot_miou
+
+    if args.max_clicks < 1:
+        raise RitmError(f"--max-clicks must be >= 1, got {args.max_clicks}")
+    if args.target_iou <= 0:
+        raise RitmError(f"--target-iou must be > 0, got {args.target_iou}")
+    # open the data set first: a wrong folder should fail before the model loads
+    dataset = load_dataset(
+        args.dataset,
+        min_area=args.min_area,
+        max_samples=args.max_samples,
+        limit=args.limit,
+        seed=args.seed,
+    )
+    reports = []
+    if not args.baseline_only:
+        session, name = _load_predictor(args)
+        reports.append(_evaluate(session, dataset, args, name))
+    if args.baseline or args.baseline_only:
+        from napari_ritm.baseline import GrabCutBaseline
+
+        reports.append(_evaluate(GrabCutBaseline(), dataset, args, GrabCutBaseline.name))
+    print(format_table(reports))
+    if args.json is not None:
+        payload = reports[0].summary()
+        if len(reports) > 1:
+            payload["baseline"] = reports[1].summary()
+        _write_json(args.json, payload)
+        print(f"metrics written to {args.json}")
+    if args.per_sample is not None:
+        _write_json(args.per_sample, [r.to_dict(include_samples=True) for r in reports])
+        print(f"per-object results written to {args.per_sample}")
+    if args.plot is not None:
+        plot_miou(reports, args.plot)
+        print(f"mIoU plot written to {args.plot}")
+    return 0
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from napari_ritm.evaluation import _nan_to_none
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_nan_to_none(payload), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise RitmError(f"cannot write {path}: {exc}") from exc
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    if not _module_exists("napari_ritm._launch"):
+        raise RitmError("the napari launcher (napari_ritm._launch) is not installed")
+    from napari_ritm._launch import main as launch
+
+    # the launcher parses its own arguments: hand it everything after "view"
+    return int(launch(list(args.view_argv)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``napari-ritm``; returns the exit code (0 ok, 2 user error).
+
+    Args:
+        argv: Arguments without the program name; default ``sys.argv[1:]``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "view":
+        args.view_argv = argv[argv.index("view") + 1 :]
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except RitmError as exc:
+        print(f"napari-ritm: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("napari-ritm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
