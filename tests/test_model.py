@@ -95,3 +95,14 @@ def test_wrong_number_of_input_channels_is_an_error():
     model = build_model("hrnet18s").eval()
     with pytest.raises(ValueError, match="4 input channels"):
         model(torch.zeros(1, 3, 32, 32), torch.full((1, 2, 3), -1.0))
+
+
+def test_channels_last_inference_agrees_with_reference(conformance_checkpoint, conformance_dir):
+    from napari_ritm.model import load_checkpoint, prepare_for_inference
+
+    ref = load_npz(conformance_dir, "model_forward")
+    model = prepare_for_inference(load_checkpoint(conformance_checkpoint))
+    assert model.feature_extractor.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(ref["net_input"]), torch.from_numpy(ref["points"]))
+    assert np.abs(out["instances"].numpy() - ref["instances"]).max() <= 1e-3
