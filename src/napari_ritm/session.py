@@ -1,0 +1,601 @@
+"""ClickSession: the one inference path (widget, CLI, evaluation, training checks, tests).
+
+A session holds one image and one object being segmented. Each click runs the RITM NoBRS
+predictor exactly as the reference does (ritm-reference §8.2):
+
+1. the previous probability map is the 4th input channel, attached **before** cropping;
+2. forward transforms ZoomIn -> LimitLongestSide -> HorizontalFlip;
+3. points = N positives then N negatives, ``(row, col, click index)``, padded with -1,
+   N = max(#pos, #neg, 1);
+4. flip logits averaged in logit space, sigmoid, inverse resizes in reverse order; outside the
+   zoom ROI the probability is 0;
+5. that full-resolution map is the next previous mask; ``mask = probs > threshold`` (0.49).
+
+Performance notes: the raw image is kept as given (not copied) and only the region fed to the
+network is normalised; the whole normalised image is cached the first time a whole-image
+prediction needs it. Undo history stores each result as (ROI, probabilities inside the ROI).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_ritm.clicks import Click
+from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.preprocess import (
+    Normalization,
+    check_image,
+    compute_normalization,
+    normalize_planes,
+)
+from napari_ritm.transforms import (
+    HorizontalFlip,
+    LimitLongestSide,
+    Roi,
+    ZoomIn,
+    ZoomInState,
+    map_clicks,
+)
+
+__all__ = ["ClickSession", "StepResult", "build_points"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_points(click_lists: Sequence[Sequence[Click]]) -> torch.Tensor:
+    """The network's ``points`` tensor for a batch of click lists (ritm-reference §2.1, §8.2).
+
+    Args:
+        click_lists: One click list per batch item, in network-input pixels (fractional allowed);
+            every list has the same clicks in the same time order.
+
+    Returns:
+        (B, 2N, 3) float32: per item N positive rows then N negative rows, each
+        ``(row, col, index)`` with index = the click's position in its list; unused rows are
+        (-1, -1, -1). N = max(#pos, #neg, 1) over the batch.
+    """
+    n = 1
+    for clicks in click_lists:
+        n_pos = sum(1 for c in clicks if c.positive)
+        n = max(n, n_pos, len(clicks) - n_pos)
+    pad = [(-1.0, -1.0, -1.0)]
+    rows = []
+    for clicks in click_lists:
+        pos = [(c.row, c.col, float(i)) for i, c in enumerate(clicks) if c.positive]
+        neg = [(c.row, c.col, float(i)) for i, c in enumerate(clicks) if not c.positive]
+        rows.append(pos + pad * (n - len(pos)) + neg + pad * (n - len(neg)))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class _State:
+    """One entry of the history: the object after some clicks, stored compactly.
+
+    ``region_probs`` are the probabilities inside ``region`` (inclusive box; None = the whole
+    image); the map is 0 elsewhere. ``region_probs`` None means all zeros.
+    """
+
+    click: Click | None
+    region: Roi | None
+    region_probs: np.ndarray | None
+    zoom_roi: Roi | None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Result of one prediction (:meth:`ClickSession.predict_step`).
+
+    Attributes:
+        probs: (H, W) float32 probabilities in [0, 1] of the full image (read-only).
+        region: Box (rmin, rmax, cmin, cmax), inclusive, outside which ``probs`` is 0; None
+            when the whole image was predicted.
+        zoom_roi: ZoomIn's stored ROI after this step (None: none stored / zoom off).
+        zoom_changed: True when ZoomIn (re)computed its ROI at this step.
+        net_input_hw: (h, w) of the tensor fed to the network.
+        points: (B, 2N, 3) float32 points fed to the network (B = 2 with flip).
+    """
+
+    probs: np.ndarray
+    region: Roi | None
+    zoom_roi: Roi | None
+    zoom_changed: bool
+    net_input_hw: tuple[int, int]
+    points: np.ndarray
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+class ClickSession:
+    """Interactive click segmentation of one object in one image with a RITM model.
+
+    Lifecycle: ``set_image`` (optionally with a prior mask to refine), then ``add_click`` /
+    ``set_clicks`` / ``undo`` / ``redo``; ``reset`` starts a new object on the same image, and
+    ``set_image`` a new image. Every method that changes the object returns the new ``probs``.
+
+    Returned probability arrays are **read-only** views of the session's state (no copy per
+    click); copy them before changing them in place. The raw image is not copied either: do not
+    modify it in place while the session uses it.
+
+    Args:
+        model: An ``ISModel`` (``forward(image (B, 3|4, H, W), points (B, 2N, 3))`` returning
+            ``{"instances": logits}``). It is put in eval mode and moved to ``device``.
+        zoom_in: True for the reference ZoomIn (target 400, skip 1 click, ...), False for none,
+            a :class:`~napari_ritm.transforms.ZoomIn` instance, or a dict of ZoomIn arguments.
+        flip: Horizontal-flip test-time augmentation (logits averaged).
+        max_size: Longest side fed to the network after zoom (LimitLongestSide); None: no limit
+            (the reference evaluation); the official demo uses 800.
+        threshold: ``mask = probs > threshold`` (0.49 as in the reference evaluation).
+        device: torch device (string or object); None picks CUDA > MPS > CPU.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        zoom_in: bool | ZoomIn | Mapping[str, Any] = True,
+        flip: bool = True,
+        max_size: int | None = None,
+        threshold: float = 0.49,
+        device: str | torch.device | None = None,
+    ) -> None:
+        from napari_ritm.model import select_device
+
+        if isinstance(zoom_in, ZoomIn):
+            self.zoom: ZoomIn | None = zoom_in
+        elif isinstance(zoom_in, Mapping):
+            self.zoom = ZoomIn(**zoom_in)
+        elif zoom_in is True:
+            self.zoom = ZoomIn()
+        elif zoom_in is False or zoom_in is None:
+            self.zoom = None
+        else:
+            raise RitmError(
+                f"zoom_in must be True/False, a ZoomIn or a dict of ZoomIn options, not {zoom_in!r}"
+            )
+        self.flip = HorizontalFlip() if flip else None
+        self.limit = LimitLongestSide(max_size) if max_size is not None else None
+        if not 0.0 <= float(threshold) < 1.0:
+            raise RitmError(f"threshold must be in [0, 1), got {threshold}")
+        self.threshold = float(threshold)
+        self._device = select_device(device)
+        self.model = model.to(self._device).eval()
+        self._with_prev_mask = bool(getattr(model, "with_prev_mask", True))
+        logger.info(
+            "ClickSession on %s (zoom_in=%s, flip=%s, max_size=%s)",
+            self._device,
+            self.zoom,
+            bool(flip),
+            max_size,
+        )
+        self._image: np.ndarray | None = None
+        self._norm: Normalization | None = None
+        self._hw: tuple[int, int] = (0, 0)
+        self._full_planes: np.ndarray | None = None
+        self._crop_cache: tuple[Roi, np.ndarray] | None = None
+        self._states: list[_State] = []
+        self._redo: list[_State] = []
+        self._probs_cache: np.ndarray | None = None
+
+    # -- image and prior -------------------------------------------------------------------------
+    def set_image(
+        self,
+        image: np.ndarray,
+        *,
+        contrast_limits: tuple[float, float] | None = None,
+        channel: int | None = None,
+        rgb: bool | None = None,
+        prior_mask: np.ndarray | None = None,
+        normalization: Normalization | None = None,
+        percentiles: tuple[float, float] = (1.0, 99.8),
+    ) -> None:
+        """Start a session on a new image (clears clicks, history and any prior mask).
+
+        Args:
+            image: (H, W) or (H, W, C) array, any integer or float dtype; see
+                :func:`napari_ritm.preprocess.prepare_image` for how it becomes RGB in [0, 1].
+            contrast_limits: (low, high) mapped to 0 and 1 (non-uint8 images, or uint8 with
+                limits other than (0, 255)); default: the image's percentiles.
+            channel: Channel of an (H, W, C) image to use.
+            rgb: Force or refuse RGB(A) interpretation of a 3/4-channel image.
+            prior_mask: Optional (H, W) mask of an existing object to refine (see
+                :meth:`set_prior_mask`).
+            normalization: A recorded :class:`Normalization` to reuse (overrides the options
+                above), e.g. the one of another slice of the same stack.
+            percentiles: Percentiles used when no contrast limits are given.
+
+        Raises:
+            ImageFormatError: unusable image, options or prior mask; the session is unchanged.
+        """
+        image = np.asarray(image)
+        if normalization is None:
+            norm = compute_normalization(
+                image,
+                contrast_limits=contrast_limits,
+                channel=channel,
+                rgb=rgb,
+                percentiles=percentiles,
+            )
+        else:
+            check_image(image, normalization)
+            norm = normalization
+        hw = (int(image.shape[0]), int(image.shape[1]))
+        prior = self._check_prior(prior_mask, hw) if prior_mask is not None else None
+        self._image, self._norm, self._hw = image, norm, hw
+        self._full_planes = None
+        self._crop_cache = None
+        self._set_initial(prior)
+        logger.debug("set_image %s %s -> %s", image.shape, image.dtype, norm)
+
+    def set_prior_mask(self, mask: np.ndarray | None) -> np.ndarray:
+        """Refine an existing object: its mask becomes the starting point (or None: no prior).
+
+        The mask becomes the initial previous mask and ZoomIn's previous probabilities, and
+        ``probs`` before any click equals it. Clicks, history and redo are cleared.
+
+        Args:
+            mask: (H, W) bool, integer (nonzero = object) or float probabilities in [0, 1].
+
+        Returns:
+            (H, W) float32 probabilities (read-only): the prior itself.
+
+        Raises:
+            RitmError: no image set; ImageFormatError: wrong shape or values (state unchanged).
+        """
+        self._require_image()
+        prior = self._check_prior(mask, self._hw) if mask is not None else None
+        self._set_initial(prior)
+        return self.probs
+
+    @staticmethod
+    def _check_prior(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.shape != hw:
+            raise ImageFormatError(
+                f"prior mask shape {mask.shape} does not match the image size {hw}; "
+                "pass an (H, W) mask of the same image"
+            )
+        if mask.dtype == bool or mask.dtype.kind in "ui":
+            return (mask != 0).astype(np.float32)
+        if mask.dtype.kind != "f":
+            raise ImageFormatError(f"prior mask dtype {mask.dtype} is not bool, integer or float")
+        if not np.isfinite(mask).all() or mask.min() < 0.0 or mask.max() > 1.0:
+            raise ImageFormatError(
+                "a float prior mask must hold probabilities in [0, 1] without NaN; "
+                "pass a boolean mask instead"
+            )
+        return mask.astype(np.float32, copy=True)
+
+    def _set_initial(self, prior: np.ndarray | None) -> None:
+        region: Roi | None = None
+        region_probs = None
+        if prior is not None:
+            rows = np.flatnonzero(prior.any(axis=1))
+            if rows.size:
+                cols = np.flatnonzero(prior.any(axis=0))
+                region = (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
+                region_probs = _readonly(
+                    np.ascontiguousarray(
+                        prior[region[0] : region[1] + 1, region[2] : region[3] + 1]
+                    )
+                )
+        self._states = [_State(None, region, region_probs, None)]
+        self._redo = []
+        self._probs_cache = None
+
+    def reset(self) -> None:
+        """Start a new object on the same image: no clicks, no history, no prior mask."""
+        if self._image is not None:
+            self._set_initial(None)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The torch device the model runs on."""
+        return self._device
+
+    @property
+    def normalization(self) -> Normalization | None:
+        """How the current image is mapped to RGB in [0, 1] (None before ``set_image``)."""
+        return self._norm
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the current image ((0, 0) before ``set_image``)."""
+        return self._hw
+
+    @property
+    def clicks(self) -> list[Click]:
+        """The clicks so far, in order (a new list)."""
+        return [s.click for s in self._states[1:]]
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(H, W) float32 probabilities in [0, 1] of the current object (read-only)."""
+        self._require_image()
+        if self._probs_cache is None:
+            self._probs_cache = self._full_probs(self._states[-1])
+        return self._probs_cache
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool: ``probs > threshold``."""
+        return self.probs > self.threshold
+
+    @property
+    def probs_roi(self) -> tuple[Roi, np.ndarray]:
+        """``((rmin, rmax, cmin, cmax), probs_crop)``: the box (inclusive) outside which the
+        current probabilities are 0, and the (read-only) float32 probabilities inside it.
+
+        A UI can redraw only this region. An all-zero map gives the whole image box.
+        """
+        self._require_image()
+        state = self._states[-1]
+        h, w = self._hw
+        if state.region_probs is None or state.region is None:
+            return (0, h - 1, 0, w - 1), self.probs
+        return state.region, state.region_probs
+
+    @property
+    def can_undo(self) -> bool:
+        """True when there is a click to undo."""
+        return len(self._states) > 1
+
+    @property
+    def can_redo(self) -> bool:
+        """True when an undone click can be redone."""
+        return bool(self._redo)
+
+    # -- clicks ----------------------------------------------------------------------------------
+    def add_click(self, row: float, col: float, positive: bool = True) -> np.ndarray:
+        """Add a click and predict.
+
+        Args:
+            row: Row in image pixels, in [-0.5, H - 0.5) (pixel centres are integers).
+            col: Column in image pixels, in [-0.5, W - 0.5).
+            positive: True for object, False for background.
+
+        Returns:
+            (H, W) float32 probabilities (read-only).
+
+        Raises:
+            RitmError: no image set; ImageFormatError: NaN or out-of-image coordinates. The
+            session is unchanged after an error.
+        """
+        self._require_image()
+        click = self._check_click(Click(row, col, bool(positive)))
+        self._push(self._step([*self.clicks, click], self._states[-1], click))
+        self._redo = []
+        return self.probs
+
+    def set_clicks(self, clicks: Sequence[Click | tuple[float, float, bool]]) -> np.ndarray:
+        """Replace the click list and predict, as if the clicks were added one by one.
+
+        Work is incremental: history is kept up to the longest common prefix of the old and
+        new lists and only the remaining clicks run. The redo stack is cleared (unless the list
+        is unchanged).
+
+        Args:
+            clicks: Clicks (or ``(row, col, positive)`` tuples) in time order.
+
+        Returns:
+            (H, W) float32 probabilities (read-only).
+
+        Raises:
+            RitmError / ImageFormatError as :meth:`add_click`; the session is unchanged.
+        """
+        self._require_image()
+        new = [
+            self._check_click(c if isinstance(c, Click) else Click(c[0], c[1], bool(c[2])))
+            for c in clicks
+        ]
+        old = self.clicks
+        keep = 0
+        while keep < min(len(old), len(new)) and old[keep] == new[keep]:
+            keep += 1
+        if keep == len(old) == len(new):
+            return self.probs  # nothing changes (the redo stack is kept too)
+        states = self._states[: keep + 1]
+        for k in range(keep, len(new)):
+            states.append(self._step(new[: k + 1], states[-1], new[k]))
+        self._states = states
+        self._redo = []
+        self._probs_cache = None
+        return self.probs
+
+    def undo(self) -> np.ndarray:
+        """Remove the last click and restore the state before it (probs and ZoomIn state).
+
+        Returns:
+            (H, W) float32 probabilities (read-only); unchanged when there is nothing to undo.
+        """
+        self._require_image()
+        if len(self._states) > 1:
+            self._redo.append(self._states.pop())
+            self._probs_cache = None
+        return self.probs
+
+    def redo(self) -> np.ndarray:
+        """Re-apply the last undone click (its stored result; nothing is recomputed).
+
+        Returns:
+            (H, W) float32 probabilities (read-only); unchanged when there is nothing to redo.
+        """
+        self._require_image()
+        if self._redo:
+            self._push(self._redo.pop())
+        return self.probs
+
+    # -- low level -------------------------------------------------------------------------------
+    def predict_step(
+        self,
+        clicks: Sequence[Click],
+        prev_probs: np.ndarray | None = None,
+        zoom_roi: Roi | None = None,
+    ) -> StepResult:
+        """Run one prediction from an explicit state, without changing the session.
+
+        This is the predictor's ``get_prediction`` with the state given explicitly, e.g. for
+        teacher forcing against recorded reference runs.
+
+        Args:
+            clicks: All clicks so far (at least one), in image pixels.
+            prev_probs: (H, W) float probabilities used as the previous mask and as ZoomIn's
+                previous map; None for zeros.
+            zoom_roi: ZoomIn's stored ROI (rmin, rmax, cmin, cmax), inclusive, or None.
+
+        Returns:
+            A :class:`StepResult`.
+        """
+        self._require_image()
+        clicks = [self._check_click(c) for c in clicks]
+        if not clicks:
+            raise RitmError("predict_step needs at least one click")
+        prev = None if prev_probs is None else self._check_prior(prev_probs, self._hw)
+        state = _State(None, None, prev, None if zoom_roi is None else tuple(map(int, zoom_roi)))
+        info: dict[str, Any] = {}
+        new = self._step(clicks, state, clicks[-1], info)
+        return StepResult(
+            probs=self._full_probs(new),
+            region=new.region,
+            zoom_roi=new.zoom_roi,
+            zoom_changed=info["zoom_changed"],
+            net_input_hw=info["net_input_hw"],
+            points=info["points"],
+        )
+
+    # -- internals -------------------------------------------------------------------------------
+    def _require_image(self) -> None:
+        if self._image is None:
+            raise RitmError("no image set: call set_image(image) before clicking")
+
+    def _check_click(self, click: Click) -> Click:
+        h, w = self._hw
+        try:
+            row, col = float(click.row), float(click.col)
+        except (TypeError, ValueError) as exc:
+            raise ImageFormatError(f"click coordinates must be numbers, got {click}") from exc
+        if not (math.isfinite(row) and math.isfinite(col)):
+            raise ImageFormatError(f"click coordinates must be finite numbers, got ({row}, {col})")
+        if not (-0.5 <= row < h - 0.5 and -0.5 <= col < w - 0.5):
+            raise ImageFormatError(
+                f"click at (row {row:g}, col {col:g}) is outside the {h}x{w} image; "
+                "click inside the image"
+            )
+        return Click(row, col, bool(click.positive))
+
+    def _push(self, state: _State) -> None:
+        self._states.append(state)
+        self._probs_cache = None
+
+    def _full_probs(self, state: _State) -> np.ndarray:
+        if state.region is None and state.region_probs is not None:
+            return state.region_probs  # already a full, read-only map
+        full = np.zeros(self._hw, dtype=np.float32)
+        if state.region_probs is not None:
+            r0, r1, c0, c1 = state.region
+            full[r0 : r1 + 1, c0 : c1 + 1] = state.region_probs
+        return _readonly(full)
+
+    def _prev_crop(self, state: _State, box: Roi) -> np.ndarray:
+        """The previous probabilities inside ``box`` (bounded by the box, not the image)."""
+        r0, r1, c0, c1 = box
+        if state.region_probs is None:
+            return np.zeros((r1 - r0 + 1, c1 - c0 + 1), dtype=np.float32)
+        if state.region is None:
+            return state.region_probs[r0 : r1 + 1, c0 : c1 + 1]
+        s0, s1, t0, t1 = state.region
+        if (s0, s1, t0, t1) == box:
+            return state.region_probs
+        out = np.zeros((r1 - r0 + 1, c1 - c0 + 1), dtype=np.float32)
+        a0, a1, b0, b1 = max(r0, s0), min(r1, s1), max(c0, t0), min(c1, t1)
+        if a0 <= a1 and b0 <= b1:
+            out[a0 - r0 : a1 - r0 + 1, b0 - c0 : b1 - c0 + 1] = state.region_probs[
+                a0 - s0 : a1 - s0 + 1, b0 - t0 : b1 - t0 + 1
+            ]
+        return out
+
+    def _planes(self, box: Roi) -> np.ndarray:
+        """(1 or 3, h, w) float32 normalised image planes of the box (gray is not replicated).
+
+        Only the box is normalised, unless the whole image is needed: then the whole image is
+        converted once and cached for every later click. The last crop is cached too (the zoom
+        ROI often stays the same between clicks).
+        """
+        h, w = self._hw
+        r0, r1, c0, c1 = box
+        if self._full_planes is None and box == (0, h - 1, 0, w - 1):
+            self._full_planes = normalize_planes(self._image, self._norm)
+        if self._full_planes is not None:
+            return self._full_planes[:, r0 : r1 + 1, c0 : c1 + 1]
+        if self._crop_cache is not None and self._crop_cache[0] == box:
+            return self._crop_cache[1]
+        crop = normalize_planes(self._image, self._norm, slice(r0, r1 + 1), slice(c0, c1 + 1))
+        self._crop_cache = (box, crop)
+        return crop
+
+    def _net_input(self, prev: _State, box: Roi) -> torch.Tensor:
+        """(1, 3 [+1], h, w) float32 network input of the box: RGB in [0, 1] (+ prev mask)."""
+        r0, r1, c0, c1 = box
+        n_ch = 4 if self._with_prev_mask else 3
+        # one allocation; gray planes broadcast to R, G, B
+        x = np.empty((1, n_ch, r1 - r0 + 1, c1 - c0 + 1), dtype=np.float32)
+        x[0, :3] = self._planes(box)
+        if self._with_prev_mask:
+            x[0, 3] = self._prev_crop(prev, box)
+        return torch.from_numpy(x).to(self._device)
+
+    def _step(
+        self,
+        clicks: Sequence[Click],
+        prev: _State,
+        click: Click | None,
+        info: dict[str, Any] | None = None,
+    ) -> _State:
+        """One reference prediction: returns the new state; ``self`` is not modified."""
+        h, w = self._hw
+        roi = None
+        zoom_changed = False
+        if self.zoom is not None:
+            self.zoom.set_state(ZoomInState(prev.zoom_roi, prev.region_probs, prev.region))
+            roi = self.zoom.update_roi(clicks, (h, w))
+            zoom_changed = self.zoom.image_changed
+        box = roi if roi is not None else (0, h - 1, 0, w - 1)
+        x = self._net_input(prev, box)
+        net_clicks = list(clicks)
+        if roi is not None:
+            x = self.zoom.crop(x, roi, already_cropped=True)
+            net_clicks = map_clicks(net_clicks, roi, tuple(x.shape[-2:]))
+        if self.limit is not None:
+            x, net_clicks = self.limit.forward(x, net_clicks)
+        net_hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if self.flip is not None:
+            x, click_lists = self.flip.forward(x, net_clicks)
+        else:
+            click_lists = [net_clicks]
+        points = build_points(click_lists)
+        with torch.inference_mode():
+            logits = self.model(x, points.to(self._device))["instances"]
+            if self.flip is not None:
+                logits = self.flip.inverse(logits)
+            probs = torch.sigmoid(logits)
+            if self.limit is not None:
+                probs = self.limit.inverse(probs)
+            region = None
+            if self.zoom is not None:
+                region, probs = self.zoom.inverse_roi(probs)
+            out = probs[0, 0].to("cpu", torch.float32).numpy()
+        out = _readonly(np.ascontiguousarray(out))
+        if info is not None:
+            info.update(zoom_changed=zoom_changed, net_input_hw=net_hw, points=points.numpy())
+        zoom_roi = self.zoom.roi if self.zoom is not None else None
+        return _State(click, region, out, zoom_roi)
