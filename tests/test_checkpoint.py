@@ -141,3 +141,12 @@ def test_metadata_must_be_plain_data(tmp_path):
             build_model("hrnet18s", init="none"), tmp_path / "m.pth", metadata={"x": object()}
         )
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_metadata_refuses_subclasses_that_weights_only_cannot_load(tmp_path):
+    with pytest.raises(ValueError, match="TorchVersion"):
+        save_checkpoint(
+            build_model("hrnet18s", init="none"),
+            tmp_path / "v.pth",
+            metadata={"torch": torch.__version__},
+        )

@@ -217,19 +217,20 @@ def load_checkpoint(
 
 
 def _check_plain(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (bool, int, str)):
+    # Exact types: a str/int subclass (e.g. torch.__version__) would be refused at load time.
+    if value is None or type(value) in (bool, int, str):
         return
-    if isinstance(value, float):
+    if type(value) is float:
         if not math.isfinite(value):
             raise ValueError(f"metadata {where} is {value}; use None for missing numbers")
         return
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
         return
-    if isinstance(value, Mapping):
+    if type(value) is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:
                 raise ValueError(f"metadata {where} has a non-string key {key!r}")
             _check_plain(item, f"{where}.{key}")
         return

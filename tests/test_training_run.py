@@ -1,0 +1,210 @@
+"""End-to-end training runs on tiny configurations: outputs, resume, interruption, errors, CLI."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from napari_ritm_training import cli
+from napari_ritm_training.synthetic import SyntheticConfig, synthetic_cells
+from napari_ritm_training.trainer import TrainConfig, TrainingInterrupted, run_finetune
+
+from napari_ritm.errors import CheckpointError, RitmError
+from napari_ritm.model import build_model, load_checkpoint, save_checkpoint
+
+EXPECTED_COLUMNS = [
+    "epoch", "step", "samples", "lr", "loss", "nfl", "bce_aux", "mean_sim_clicks",
+    "train_seconds", "seconds_per_step", "val_noc85", "val_noc90", "val_failures90", "val_n",
+    "val_seconds", "val_miou@1", "val_miou@2",
+]  # fmt: skip
+METADATA_KEYS = {
+    "kind", "variant", "normalization", "data", "split", "metrics", "epoch", "iteration",
+    "command", "config", "init", "seed", "time", "machine", "world_size",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Four small synthetic 16/8-bit images with instance labels, as a pairs.csv folder."""
+    root = tmp_path_factory.mktemp("cells")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["image,label"]
+    for i in range(4):
+        cfg = SyntheticConfig(shape=(96, 96), n_objects=(4, 8), radius=(8.0, 16.0))
+        image, labels = synthetic_cells(rng, cfg)
+        tifffile.imwrite(root / "images" / f"c{i}.tif", image)
+        tifffile.imwrite(root / "labels" / f"c{i}_labels.tif", labels.astype(np.uint16))
+        lines.append(f"images/c{i}.tif,labels/c{i}_labels.tif")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _config(data_dir, out, **kw) -> TrainConfig:
+    base = dict(
+        data=[str(data_dir)], out=str(out), epochs=2, iters_per_epoch=2, batch_size=2,
+        crop=(64, 64), val_fraction=0.25, val_max_objects=2, val_max_clicks=2, val_crop=64,
+        val_zoom_in=False, val_flip=False, min_object_area=20, diameter_range=(12.0, 30.0),
+        threads=2, seed=0,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end(data_dir, tmp_path):
+    out = tmp_path / "run"
+    progress = []
+    ckpt = run_finetune(_config(data_dir, out), progress=lambda d, t, m: progress.append((d, t, m)))
+    assert ckpt == out / "best.pth"
+    for name in ("config.json", "split.json", "data.json", "log.csv", "log.json", "curves.png",
+                 "last.pth", "best.pth", "resume.pth", "train.log"):  # fmt: skip
+        assert (out / name).is_file(), name
+    # progress: one call per step (plus validation), ends at total, message has loss and ETA
+    steps = [p for p in progress if "loss" in p[2]]
+    assert [p[0] for p in steps] == [1, 2, 3, 4] and steps[-1][1] == 4
+    assert "ETA" in steps[0][2]
+
+    with open(out / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0].keys()) == EXPECTED_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(np.isfinite(float(r["loss"])) and float(r["loss"]) > 0 for r in rows)
+    assert int(rows[0]["val_n"]) == 2 and 1 <= float(rows[0]["val_noc90"]) <= 2
+    assert 0.0 <= float(rows[-1]["val_miou@2"]) <= 1.0
+    assert json.loads((out / "log.json").read_text())[1]["epoch"] == 2
+
+    split = json.loads((out / "split.json").read_text())["datasets"][data_dir.name]
+    assert len(split["val_groups"]) == 1 and len(split["train_groups"]) == 3
+    assert not set(split["val_groups"]) & set(split["train_groups"])
+
+    model = load_checkpoint(out / "last.pth")  # strict
+    assert model.variant == "hrnet18s" and model.with_prev_mask
+    meta = model.metadata
+    assert METADATA_KEYS <= set(meta)
+    assert meta["epoch"] == 2 and meta["iteration"] == 4 and meta["seed"] == 0
+    assert meta["normalization"]["percentiles"] == [1.0, 99.8]
+    assert meta["metrics"]["validation"]["n_samples"] == 2
+    assert meta["split"]["datasets"][data_dir.name]["val_groups"] == split["val_groups"]
+    assert meta["init"].startswith("scratch") and meta["config"]["backbone_lr_mult"] == 1.0
+    assert meta["data"]["train"][0]["n_images"] == 3
+    raw = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert set(raw) == {"state_dict", "config", "metadata"}
+    assert len(raw["state_dict"]) == 929
+    # the run folder is protected against accidental reuse
+    with pytest.raises(RitmError, match="--resume"):
+        run_finetune(_config(data_dir, out))
+
+
+@pytest.mark.slow
+def test_stop_and_resume_reach_the_same_weights(data_dir, tmp_path):
+    run_finetune(_config(data_dir, tmp_path / "ref", val_every=0))
+    reference = _weights(tmp_path / "ref" / "last.pth")
+
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # polled before each step: 3 steps run, in the middle of epoch 2
+
+    out = tmp_path / "stopped"
+    cfg = _config(data_dir, out, val_every=0)
+    run_finetune(cfg, should_stop=stop_after_three)
+    state = torch.load(out / "resume.pth", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (1, 1)
+    assert (out / "last.pth").is_file()
+    run_finetune(_config(data_dir, out, val_every=0, resume=True))
+    resumed = _weights(out / "last.pth")
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(resumed[k], reference[k], rtol=1e-5, atol=1e-6, msg=k)
+    # The log of the interrupted epoch covers all of its steps, as in the uninterrupted run.
+    ref_rows = json.loads((tmp_path / "ref" / "log.json").read_text())
+    rows = json.loads((out / "log.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for a, b in zip(rows, ref_rows, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_resumable_state(data_dir, tmp_path):
+    out = tmp_path / "interrupted"
+
+    def progress(done, total, message):
+        if done == 1 and "loss" in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run_finetune(_config(data_dir, out, val_every=0, epochs=1), progress=progress)
+    state = torch.load(out / "resume.pth", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (0, 1)
+    ckpt = run_finetune(_config(data_dir, out, val_every=0, epochs=1, resume=True))
+    assert load_checkpoint(ckpt).metadata["iteration"] == 2
+
+
+def test_wrong_architecture_checkpoint_is_refused(data_dir, tmp_path, conformance_checkpoint):
+    cfg = _config(data_dir, tmp_path / "w", from_weights=str(conformance_checkpoint),
+                  variant="hrnet32")  # fmt: skip
+    with pytest.raises(CheckpointError, match="hrnet18s"):
+        run_finetune(cfg)
+    no_prev = tmp_path / "noprev.pth"
+    save_checkpoint(build_model("hrnet18s", with_prev_mask=False, init="none"), no_prev)
+    with pytest.raises(CheckpointError, match="previous-mask"):
+        run_finetune(_config(data_dir, tmp_path / "w2", from_weights=str(no_prev)))
+    junk = tmp_path / "junk.pth"
+    torch.save({"state_dict": {"a": torch.zeros(1)}}, junk)
+    with pytest.raises(CheckpointError):
+        run_finetune(_config(data_dir, tmp_path / "w3", from_weights=str(junk)))
+
+
+def test_resume_without_state_and_bad_settings(data_dir, tmp_path):
+    with pytest.raises(RitmError, match="cannot resume"):
+        run_finetune(_config(data_dir, tmp_path / "none", resume=True))
+    with pytest.raises(RitmError, match="crop"):
+        run_finetune(_config(data_dir, tmp_path / "c", crop=(16, 16)))
+    with pytest.raises(RitmError, match="--data"):
+        run_finetune(TrainConfig(out=str(tmp_path / "d")))
+    assert not (tmp_path / "c").exists(), "settings are checked before anything is written"
+
+
+def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch):
+    from napari_ritm_training import trainer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.torch, "save", full)
+    with pytest.raises(RitmError, match="no space left") as info:
+        trainer._atomic_torch_save({"state_dict": {"w": torch.zeros(4)}}, tmp_path / "r.pth")
+    assert str(tmp_path / "r.pth") in str(info.value)
+
+
+def test_cli_flags_map_to_the_config():
+    args = cli.build_parser().parse_args(
+        ["--data", "a", "b", "--out", "o", "--from", "hrnet18s", "--crop", "128", "160",
+         "--milestones", "5", "8", "--no-val-flip", "--backbone-lr-mult", "0.5"]
+    )  # fmt: skip
+    cfg = cli.config_from_args(args)
+    assert cfg.data == ["a", "b"] and cfg.from_weights == "hrnet18s"
+    assert cfg.crop == (128, 160) and cfg.milestones == [5, 8]
+    assert cfg.val_flip is False and cfg.backbone_lr_mult == 0.5
+    assert cfg.epochs == TrainConfig.epochs and cfg.batch_size == 12
+    resumed = cli.config_from_args(cli.build_parser().parse_args(["--out", "o", "--resume"]))
+    assert resumed.resume and resumed.epochs == 0  # keep the stored number of epochs
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
+    code = cli.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training data folder not found" in err[0]

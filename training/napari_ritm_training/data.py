@@ -1,0 +1,514 @@
+"""Training data: images with instance labels, the train/validation split, and batch making.
+
+Sources (each becomes an :class:`InstanceDataset` of 2D :class:`TrainImage` planes):
+
+* folders read with :mod:`napari_ritm.datasets` layouts: ``pairs.csv`` (``image,label`` or
+  ``image,mask``), ``images/`` + ``labels/`` matched by name, and the benchmark layout
+  ``images/`` + ``masks/`` (binary masks, split into connected components; GrabCut's 128 band
+  stays "ignore");
+* TIFF stacks (Z, Y, X) with label stacks of the same shape: every slice with objects is an image;
+* arrays passed in directly (napari Image + Labels layers) with :func:`from_arrays`;
+* procedurally generated cells (:mod:`napari_ritm_training.synthetic`).
+
+Every image is normalised once with :func:`napari_ritm.preprocess.prepare_image` (uint8 / 255,
+other dtypes by their 1st / 99.8th percentiles), exactly as the plugin does at inference; the
+numbers are kept with the image. Grey images are stored with one channel to save memory.
+
+The train/validation split is made **by group** (a source file, a stack or a layer), never by
+slice or object, so the same image or stack is never on both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_ritm.errors import DatasetError
+
+from .augment import AugmentConfig, ImageStats, augment_crop
+from .sampler import MultiPointSampler
+
+__all__ = [
+    "InstanceDataset",
+    "TrainImage",
+    "TrainingBatcher",
+    "check_pair",
+    "from_arrays",
+    "load_data",
+    "load_folder",
+    "make_validation_samples",
+    "split_by_group",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainImage:
+    """One 2D training image with its instance labels.
+
+    Attributes:
+        image: float32 (H, W, C) in [0, 1], C = 1 (grey) or 3 (RGB).
+        labels: int32 (H, W): 0 background, > 0 instance ids, -1 ignore.
+        name: readable id, e.g. ``"stardist_3d/img3d:z12"``.
+        group: split unit (the source file or layer): images of one group stay together.
+        normalization: :meth:`napari_ritm.preprocess.Normalization.to_dict` of the image.
+        stats: object centroids and diameters (for crop placement and object-size scaling).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str
+    group: str
+    normalization: dict[str, Any]
+    stats: ImageStats = field(repr=False)
+
+    @property
+    def n_objects(self) -> int:
+        """Number of instances (above the load-time minimum area)."""
+        return len(self.stats.diameters)
+
+
+@dataclass
+class InstanceDataset:
+    """A named list of training images (one data source).
+
+    Attributes:
+        name: source name (folder name, "layers" or "synthetic").
+        images: the 2D images.
+        source: where it came from (a path or a description).
+    """
+
+    name: str
+    images: list[TrainImage]
+    source: str = ""
+
+    @property
+    def groups(self) -> list[str]:
+        """Distinct split groups, in first-seen order."""
+        return list(dict.fromkeys(im.group for im in self.images))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready counts: images, groups, objects, median object diameter."""
+        diam = [d for im in self.images for d in im.stats.diameters]
+        return {
+            "name": self.name,
+            "source": self.source,
+            "n_images": len(self.images),
+            "n_groups": len(self.groups),
+            "n_objects": int(sum(im.n_objects for im in self.images)),
+            "median_diameter_px": float(np.median(diam)) if diam else None,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of user arrays
+
+
+def check_pair(image: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check an (image, labels) pair and return it with integer labels.
+
+    Accepted layouts: image (H, W) or (H, W, C) with labels (H, W); image (Z, H, W) or
+    (Z, H, W, C) with labels (Z, H, W).
+
+    Args:
+        image: the image array (any numeric dtype).
+        labels: instance ids (integers, or floats holding whole numbers; bool = one object).
+        name: used in error messages.
+
+    Returns:
+        (image, labels as int32).
+
+    Raises:
+        DatasetError: shapes differ, labels are not whole numbers, or hold no object.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise DatasetError(
+            f"{name}: labels have shape {labels.shape}; expected (H, W) or a (Z, H, W) stack"
+        )
+    if image.shape[: labels.ndim] != labels.shape:
+        raise DatasetError(
+            f"{name}: image shape {image.shape} and labels shape {labels.shape} differ; the "
+            "labels must cover the same pixels (channels may only be the last image axis)"
+        )
+    if image.ndim not in (labels.ndim, labels.ndim + 1):
+        raise DatasetError(f"{name}: image shape {image.shape} has too many axes for its labels")
+    if labels.dtype == bool:
+        labels = labels.astype(np.int32)
+    elif not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.array_equal(
+            labels, np.round(labels)
+        ):
+            raise DatasetError(
+                f"{name}: labels are {labels.dtype} with non-integer values; a Labels image "
+                "must hold whole-number instance ids (0 = background)"
+            )
+    if labels.size and int(labels.max()) > np.iinfo(np.int32).max:
+        raise DatasetError(f"{name}: label ids above 2**31 are not supported; relabel them")
+    labels = labels.astype(np.int32, copy=False)
+    if not (labels > 0).any():
+        raise DatasetError(
+            f"{name}: the labels are empty (no pixel > 0); paint at least one object first"
+        )
+    return image, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# building TrainImages
+
+
+def _planes(image: np.ndarray, labels: np.ndarray):
+    if labels.ndim == 2:
+        yield None, image, labels
+    else:
+        for z in range(labels.shape[0]):
+            yield z, image[z], labels[z]
+
+
+def _make_images(
+    image: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    group: str,
+    *,
+    min_area: int,
+    percentiles: tuple[float, float],
+) -> list[TrainImage]:
+    """Normalise each plane; drop planes without objects. ``labels`` is int32 (-1 = ignore)."""
+    from napari_ritm.preprocess import prepare_image
+
+    out = []
+    for z, plane, lab in _planes(image, labels):
+        if not (lab > 0).any():
+            continue
+        rgb01, norm = prepare_image(np.ascontiguousarray(plane), percentiles=percentiles)
+        if norm.layout != "rgb":
+            rgb01 = rgb01[:, :, :1]  # grey replicated to 3 channels: keep one
+        lab = _drop_small(lab, min_area)
+        if not (lab > 0).any():
+            continue
+        out.append(
+            TrainImage(
+                image=np.ascontiguousarray(rgb01, np.float32),
+                labels=np.ascontiguousarray(lab, np.int32),
+                name=name if z is None else f"{name}:z{z}",
+                group=group,
+                normalization=norm.to_dict(),
+                stats=ImageStats.from_labels(np.where(lab > 0, lab, 0)),
+            )
+        )
+    return out
+
+
+def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Set instances smaller than ``min_area`` pixels to background (specks, stray pixels)."""
+    if min_area <= 1:
+        return labels
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    small = ids[counts < min_area]
+    if small.size == 0:
+        return labels
+    labels = labels.copy()
+    labels[np.isin(labels, small)] = 0
+    return labels
+
+
+def from_arrays(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    *,
+    dataset_name: str = "layers",
+    min_area: int = 10,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> InstanceDataset:
+    """Dataset from arrays, e.g. napari Image and Labels layer data.
+
+    Args:
+        images: image arrays, (H, W[, C]) or stacks (Z, H, W[, C]).
+        labels: label arrays of matching spatial shape ((H, W) or (Z, H, W)), 0 = background.
+        names: one name per pair (layer names); default "image0", "image1", ...
+        dataset_name: name of the dataset.
+        min_area: instances with fewer pixels (per plane) are treated as background.
+        percentiles: normalisation percentiles for non-uint8 images.
+
+    Returns:
+        The dataset; each pair is its own split group.
+
+    Raises:
+        DatasetError: no pairs, counts differ, or a pair fails :func:`check_pair`.
+    """
+    if len(images) == 0:
+        raise DatasetError("no image/labels pairs given; pick at least one Image and Labels layer")
+    if len(images) != len(labels):
+        raise DatasetError(f"{len(images)} images but {len(labels)} label arrays; pair them 1:1")
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
+    out: list[TrainImage] = []
+    for image, lab, name in zip(images, labels, names, strict=True):
+        image, lab = check_pair(image, lab, name)
+        out += _make_images(
+            image, lab, name, f"{dataset_name}/{name}", min_area=min_area, percentiles=percentiles
+        )
+    return InstanceDataset(dataset_name, out, source="arrays")
+
+
+def load_folder(
+    path: str | Path,
+    *,
+    min_area: int = 10,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> InstanceDataset:
+    """Read a data set folder (layouts of :func:`napari_ritm.datasets.load_dataset`).
+
+    Benchmark masks and binary microscopy masks are split into 8-connected components, each an
+    instance; GrabCut's 128 band becomes ignore (-1). Each file is one split group.
+
+    Args:
+        path: the folder.
+        min_area: instances with fewer pixels (per plane) are treated as background.
+        percentiles: normalisation percentiles for non-uint8 images.
+
+    Raises:
+        DatasetError: unknown layout, no pairs, shape mismatch, float or empty labels.
+    """
+    from napari_ritm import datasets as ds
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"training data folder not found: {root}")
+    kind, pairs = ds._detect_layout(root)
+    if not pairs:
+        raise DatasetError(f"no image/label pairs found in {root}")
+    images: list[TrainImage] = []
+    for image_path, target_path in pairs:
+        image = ds.read_image(image_path, rgb=kind == "benchmark")
+        target = ds._read_target(target_path, kind)
+        if kind == "benchmark":
+            target = _benchmark_instances(target)
+        image = ds._match_image_to_target(image, target, "labels", image_path, target_path)
+        name = f"{root.name}/{image_path.stem}"
+        image, target = check_pair(image, target, str(target_path))
+        images += _make_images(
+            image, target, name, name, min_area=min_area, percentiles=percentiles
+        )
+    if not images:
+        raise DatasetError(f"{root}: no image holds an object of at least {min_area} pixels")
+    return InstanceDataset(root.name, images, source=str(root))
+
+
+def _benchmark_instances(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    from napari_ritm.datasets import encode_benchmark_mask
+
+    gt = encode_benchmark_mask(mask)
+    labels = ndimage.label(gt == 1, structure=np.ones((3, 3), bool))[0].astype(np.int32)
+    labels[gt == -1] = -1
+    return labels
+
+
+def load_data(
+    paths: Sequence[str | Path],
+    *,
+    min_area: int = 10,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> list[InstanceDataset]:
+    """Read several data set folders (each one dataset).
+
+    Raises:
+        DatasetError: ``paths`` is empty, or a folder fails :func:`load_folder`.
+    """
+    if not paths:
+        raise DatasetError("no training data given; pass at least one folder with --data")
+    return [load_folder(p, min_area=min_area, percentiles=percentiles) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------------
+# split
+
+
+def split_by_group(
+    datasets: Sequence[InstanceDataset], val_fraction: float, seed: int
+) -> tuple[list[InstanceDataset], list[TrainImage], dict[str, Any]]:
+    """Split every dataset into train and validation by group (file / stack / layer).
+
+    Per dataset with at least two groups, ``round(val_fraction * n_groups)`` groups (at least one
+    when ``val_fraction > 0``) go to validation, drawn with a seeded generator. A dataset with a
+    single group stays entirely in training.
+
+    Returns:
+        (training datasets, validation images, a JSON-ready record of the split).
+    """
+    rng = np.random.default_rng(seed)
+    train_sets: list[InstanceDataset] = []
+    val_images: list[TrainImage] = []
+    record: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "datasets": {}}
+    for dset in datasets:
+        groups = dset.groups
+        n_val = 0
+        if val_fraction > 0 and len(groups) >= 2:
+            n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
+        val_groups = set(rng.choice(groups, size=n_val, replace=False).tolist()) if n_val else set()
+        train = [im for im in dset.images if im.group not in val_groups]
+        val = [im for im in dset.images if im.group in val_groups]
+        train_sets.append(InstanceDataset(dset.name, train, dset.source))
+        val_images += val
+        record["datasets"][dset.name] = {
+            "train_groups": [g for g in groups if g not in val_groups],
+            "val_groups": [g for g in groups if g in val_groups],
+        }
+        if val_fraction > 0 and not val_groups:
+            log.warning("%s has a single image/stack: all of it is used for training", dset.name)
+    return train_sets, val_images, record
+
+
+def make_validation_samples(
+    images: Sequence[TrainImage],
+    *,
+    max_objects: int,
+    crop: int,
+    seed: int,
+) -> list:
+    """Evaluation samples (``napari_ritm.datasets.Sample``) from held-out images.
+
+    Each sample is a crop around one object (at least ``crop`` pixels a side, larger for big
+    objects) holding the *normalised* image as uint8 (so the session's uint8 / 255 reproduces
+    the training input to within 1/255) and the object as gt (int8; -1 where ignored).
+
+    Args:
+        images: validation images.
+        max_objects: at most this many objects in total (seeded random subset).
+        crop: minimum crop side in pixels.
+        seed: seed of the subset.
+
+    Returns:
+        list of Sample(name, image uint8 (h, w) or (h, w, 3), gt int8 (h, w)).
+    """
+    from napari_ritm.datasets import Sample
+
+    candidates = [
+        (i, int(obj)) for i, im in enumerate(images) for obj in np.unique(im.labels[im.labels > 0])
+    ]
+    rng = np.random.default_rng(seed)
+    if len(candidates) > max_objects:
+        pick = np.sort(rng.choice(len(candidates), size=max_objects, replace=False))
+        candidates = [candidates[k] for k in pick]
+    samples = []
+    for i, obj in candidates:
+        im = images[i]
+        mask = im.labels == obj
+        rows, cols = np.nonzero(mask)
+        H, W = mask.shape
+        side_r = min(H, max(crop, int(2 * (rows.max() - rows.min() + 1))))
+        side_c = min(W, max(crop, int(2 * (cols.max() - cols.min() + 1))))
+        r0 = int(np.clip((rows.min() + rows.max()) // 2 - side_r // 2, 0, H - side_r))
+        c0 = int(np.clip((cols.min() + cols.max()) // 2 - side_c // 2, 0, W - side_c))
+        window = (slice(r0, r0 + side_r), slice(c0, c0 + side_c))
+        pixels = np.round(im.image[window] * 255.0).astype(np.uint8)
+        pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+        gt = mask[window].astype(np.int8)
+        gt[im.labels[window] < 0] = -1
+        samples.append(Sample(name=f"{im.name}:{obj}", image=np.ascontiguousarray(pixels), gt=gt))
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+class TrainingBatcher:
+    """Draws augmented crops with sampled targets and clicks.
+
+    Datasets are drawn with the given weights (default: equal), then an image uniformly within
+    the dataset; with probability ``synthetic_fraction`` a synthetic image is used instead.
+
+    Args:
+        datasets: training datasets (non-empty ones are used).
+        augment: augmentation settings (crop size included).
+        sampler: click sampler.
+        min_object_area: objects smaller than this (in crop pixels, after augmentation) are not
+            targets (they still count as "other objects" for negative clicks).
+        weights: sampling weight per dataset (same order); None = equal.
+        synthetic: optional synthetic dataset.
+        synthetic_fraction: probability of drawing from ``synthetic``.
+        max_retries: crops without any target are redrawn this many times, after which an
+            empty (all-background) sample is kept.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[InstanceDataset],
+        augment: AugmentConfig,
+        sampler: MultiPointSampler,
+        *,
+        min_object_area: int = 80,
+        weights: Sequence[float] | None = None,
+        synthetic: InstanceDataset | None = None,
+        synthetic_fraction: float = 0.0,
+        max_retries: int = 10,
+    ) -> None:
+        pairs = [
+            (d, 1.0 if weights is None else float(w))
+            for d, w in zip(
+                datasets, weights if weights is not None else [1.0] * len(datasets), strict=True
+            )
+            if d.images
+        ]
+        if not pairs and (synthetic is None or synthetic_fraction <= 0):
+            raise DatasetError("no training images left after the validation split")
+        self.datasets = [d for d, _ in pairs]
+        w = np.array([w for _, w in pairs], np.float64)
+        if (len(w) and (w < 0).any()) or (len(w) and w.sum() <= 0):
+            raise DatasetError(
+                f"dataset weights must be >= 0 with a positive sum, got {w.tolist()}"
+            )
+        self.weights = w / w.sum() if len(w) else w
+        self.augment = augment
+        self.sampler = sampler
+        self.min_object_area = int(min_object_area)
+        self.synthetic = synthetic
+        self.synthetic_fraction = float(synthetic_fraction) if synthetic is not None else 0.0
+        if not self.datasets:
+            self.synthetic_fraction = 1.0
+        self.max_retries = int(max_retries)
+
+    def _pick_image(self, rng: np.random.Generator) -> TrainImage:
+        if self.synthetic is not None and rng.random() < self.synthetic_fraction:
+            dset = self.synthetic
+        else:
+            dset = self.datasets[int(rng.choice(len(self.datasets), p=self.weights))]
+        return dset.images[int(rng.integers(len(dset.images)))]
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One training sample.
+
+        Returns:
+            (image float32 (3, h, w) in [0, 1], points float32 (2N, 3), gt float32 (1, h, w)).
+        """
+        for _ in range(self.max_retries + 1):
+            im = self._pick_image(rng)
+            img, lab = augment_crop(im.image, im.labels, rng, self.augment, im.stats)
+            ids, counts = np.unique(lab[lab > 0], return_counts=True)
+            targets = ids[counts >= self.min_object_area]
+            if targets.size:
+                break
+        target = self.sampler.sample(lab, rng, targets)
+        return (
+            np.ascontiguousarray(img.transpose(2, 0, 1)),
+            target.points,
+            target.gt[None],
+        )
+
+    def batch(
+        self, rng: np.random.Generator, size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``size`` samples stacked: images (B, 3, h, w), points (B, 2N, 3), gt (B, 1, h, w)."""
+        items = [self.sample(rng) for _ in range(size)]
+        return tuple(np.stack(parts) for parts in zip(*items, strict=True))  # type: ignore[return-value]
