@@ -71,7 +71,7 @@ _HELP = {
     "aux_weight": "weight of the auxiliary BCE loss",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "threads": "torch CPU threads per process (default: cores / processes)",
-    "amp": "mixed precision on CUDA",
+    "amp": "mixed precision: float16 on CUDA, bfloat16 on CPUs with native support",
     "checkpoint_every": "also save the resume state every N steps (0 = each epoch)",
     "keep_epoch_checkpoints": "keep epoch_NNN.pth every N epochs (0 = no)",
 }
