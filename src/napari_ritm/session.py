@@ -11,9 +11,16 @@ predictor exactly as the reference does (ritm-reference §8.2):
    zoom ROI the probability is 0;
 5. that full-resolution map is the next previous mask; ``mask = probs > threshold`` (0.49).
 
-Performance notes: the raw image is kept as given (not copied) and only the region fed to the
-network is normalised; the whole normalised image is cached the first time a whole-image
-prediction needs it. Undo history stores each result as (ROI, probabilities inside the ROI).
+Performance notes (docs/performance.md): the network runs as a
+:class:`~napari_ritm.model.inference.FastISModel` (BatchNorm folded, channels-last, main head
+only; same probabilities to float32 rounding) unless ``backend="eager"``. The raw image is kept
+as given (not copied) and only the region fed to the network is normalised (cached while the
+region stays the same); the whole normalised image is cached the first time a whole-image
+prediction needs it. Images larger than ``window`` never go through the network whole: see the
+``window`` argument, which bounds every click's work and memory by the window, not the image.
+Undo history stores each result as (ROI, probabilities inside the ROI); the full (H, W) map is
+built when ``probs`` is read (``add_click`` returns it) as a zero-initialised allocation with the
+ROI pasted in, so only the ROI's memory is written; a UI can use ``probs_roi`` instead.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -136,6 +143,22 @@ class ClickSession:
             (the reference evaluation); the official demo uses 800.
         threshold: ``mask = probs > threshold`` (0.49 as in the reference evaluation).
         device: torch device (string or object); None picks CUDA > MPS > CPU.
+        backend: ``"fast"`` (default): an inference copy of the model with BatchNorm folded into
+            the convolutions, channels-last, main head only
+            (:class:`~napari_ritm.model.inference.FastISModel`; probabilities equal the eager
+            model's to float32 rounding, ~1e-4). ``"eager"``: the model itself, as given (the
+            reference configuration). The fast copy is made here: after changing the model's
+            weights, make a new session. Models that are not an ``ISModel`` always run as given.
+        window: Large-image mode. When the image is larger than ``window`` in a dimension, a
+            prediction that would run on the whole image (first click, or zoom-in off) runs
+            on a ``window`` x ``window`` box around the latest click instead (clamped to the
+            image; probabilities 0 outside, like a ZoomIn ROI), and a ZoomIn ROI is shrunk to
+            at most ``window`` per side around the latest click, so the cost of a click does
+            not grow with the image. Images that fit the window (e.g. up to 1024 x 1024 with
+            the default) keep the exact reference behaviour. None: always the whole image.
+        dtype: Compute precision of the fast backend: None/"float32" (exact), or opt-in
+            "bfloat16" (CPU; faster on CPUs with bf16 support, changes the logits visibly) or
+            "float16" (GPU).
     """
 
     def __init__(
@@ -147,6 +170,9 @@ class ClickSession:
         max_size: int | None = None,
         threshold: float = 0.49,
         device: str | torch.device | None = None,
+        backend: str = "fast",
+        window: int | None = 1024,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         from napari_ritm.model import select_device
 
@@ -167,15 +193,24 @@ class ClickSession:
         if not 0.0 <= float(threshold) < 1.0:
             raise RitmError(f"threshold must be in [0, 1), got {threshold}")
         self.threshold = float(threshold)
+        if window is not None and int(window) < 16:
+            raise RitmError(
+                f"window must be at least 16 pixels (or None for no window), got {window}"
+            )
+        self.window = None if window is None else int(window)
         self._device = select_device(device)
         self.model = model.to(self._device).eval()
         self._with_prev_mask = bool(getattr(model, "with_prev_mask", True))
+        self.backend = backend
+        self._net = self._build_net(backend, dtype)
         logger.info(
-            "ClickSession on %s (zoom_in=%s, flip=%s, max_size=%s)",
+            "ClickSession on %s (zoom_in=%s, flip=%s, max_size=%s, backend=%s, window=%s)",
             self._device,
             self.zoom,
             bool(flip),
             max_size,
+            backend,
+            self.window,
         )
         self._image: np.ndarray | None = None
         self._norm: Normalization | None = None
@@ -185,6 +220,61 @@ class ClickSession:
         self._states: list[_State] = []
         self._redo: list[_State] = []
         self._probs_cache: np.ndarray | None = None
+
+    def _build_net(self, backend: str, dtype: str | torch.dtype | None) -> torch.nn.Module:
+        """The module that runs each prediction (see the ``backend`` argument)."""
+        from napari_ritm.model import ISModel
+        from napari_ritm.model.inference import FastISModel, tune_malloc
+
+        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        if dtype is None:
+            torch_dtype = torch.float32
+        elif isinstance(dtype, torch.dtype) and dtype in names.values():
+            torch_dtype = dtype
+        elif isinstance(dtype, str) and dtype in names:
+            torch_dtype = names[dtype]
+        else:
+            raise RitmError(f"dtype must be one of {sorted(names)} (or None), got {dtype!r}")
+        if torch_dtype == torch.float16 and self._device.type == "cpu":
+            raise RitmError("float16 is for GPUs; on a CPU use dtype='bfloat16' (or float32)")
+        if backend == "eager":
+            if torch_dtype != torch.float32:
+                raise RitmError("backend='eager' runs in float32; use backend='fast' for dtype")
+            return self.model
+        if backend != "fast":
+            raise RitmError(f"backend must be 'fast' or 'eager', got {backend!r}")
+        if self._device.type == "cpu":
+            tune_malloc()  # process-wide, once: see its docstring (~10-15% per click on CPU)
+        if not isinstance(self.model, ISModel):
+            # any other nn.Module with the ISModel call signature runs as it is
+            logger.debug("backend 'fast' needs an ISModel; running %s eagerly", type(self.model))
+            return self.model
+        return FastISModel(self.model, dtype=torch_dtype)
+
+    def _window_box(self, click: Click) -> Roi | None:
+        """The ``window`` x ``window`` box around ``click`` (clamped to the image), or None when
+        the image fits the window."""
+        h, w = self._hw
+        if self.window is None or (h <= self.window and w <= self.window):
+            return None
+        sh, sw = min(self.window, h), min(self.window, w)
+        r0 = min(max(round(click.row) - sh // 2, 0), h - sh)
+        c0 = min(max(round(click.col) - sw // 2, 0), w - sw)
+        return r0, r0 + sh - 1, c0, c0 + sw - 1
+
+    def _cap_roi(self, roi: Roi, click: Click) -> Roi:
+        """Shrink a ZoomIn ROI of a large image to at most ``window`` per side, around the click
+        (kept inside the ROI); unchanged when it fits or the image fits the window."""
+        box = self._window_box(click)
+        if box is None:
+            return roi
+        out = list(roi)
+        for lo, center in ((0, click.row), (2, click.col)):
+            a, b = roi[lo], roi[lo + 1]
+            if b - a + 1 > self.window:
+                start = min(max(round(center) - self.window // 2, a), b - self.window + 1)
+                out[lo], out[lo + 1] = start, start + self.window - 1
+        return tuple(out)
 
     # -- image and prior -------------------------------------------------------------------------
     def set_image(
@@ -569,12 +659,25 @@ class ClickSession:
             self.zoom.set_state(ZoomInState(prev.zoom_roi, prev.region_probs, prev.region))
             roi = self.zoom.update_roi(clicks, (h, w))
             zoom_changed = self.zoom.image_changed
-        box = roi if roi is not None else (0, h - 1, 0, w - 1)
+            if roi is not None:
+                capped = self._cap_roi(roi, clicks[-1])
+                if capped != roi:
+                    self.zoom.roi = roi = capped
+        # large image, no zoom ROI: a window around the latest click replaces the whole image
+        window = self._window_box(clicks[-1]) if roi is None else None
+        if roi is not None:
+            box = roi
+        elif window is not None:
+            box = window
+        else:
+            box = (0, h - 1, 0, w - 1)
         x = self._net_input(prev, box)
         net_clicks = list(clicks)
         if roi is not None:
             x = self.zoom.crop(x, roi, already_cropped=True)
             net_clicks = map_clicks(net_clicks, roi, tuple(x.shape[-2:]))
+        elif window is not None:
+            net_clicks = [replace(c, row=c.row - box[0], col=c.col - box[2]) for c in net_clicks]
         if self.limit is not None:
             x, net_clicks = self.limit.forward(x, net_clicks)
         net_hw = (int(x.shape[-2]), int(x.shape[-1]))
@@ -584,14 +687,16 @@ class ClickSession:
             click_lists = [net_clicks]
         points = build_points(click_lists)
         with torch.inference_mode():
-            logits = self.model(x, points.to(self._device))["instances"]
+            logits = self._net(x, points.to(self._device))["instances"]
             if self.flip is not None:
                 logits = self.flip.inverse(logits)
             probs = torch.sigmoid(logits)
             if self.limit is not None:
                 probs = self.limit.inverse(probs)
             region = None
-            if self.zoom is not None:
+            if window is not None:
+                region = window  # 0 outside the window, like a ZoomIn ROI
+            elif self.zoom is not None:
                 region, probs = self.zoom.inverse_roi(probs)
             out = probs[0, 0].to("cpu", torch.float32).numpy()
         out = _readonly(np.ascontiguousarray(out))
