@@ -1,0 +1,71 @@
+"""The shipped default model: strict load, metadata, and a real held-out nucleus from one click."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_ritm import weights
+from napari_ritm.clicks import iou
+from napari_ritm.datasets import load_dataset
+from napari_ritm.model import load_checkpoint
+from napari_ritm.session import ClickSession
+
+
+@pytest.fixture(scope="module")
+def default_checkpoint():
+    try:
+        return weights.resolve_weights(weights.DEFAULT_MODEL, download=False)
+    except weights.WeightsNotFoundError as exc:
+        pytest.skip(f"default model not shipped in this checkout: {exc}")
+
+
+def test_default_checkpoint_is_small_strict_and_documented(default_checkpoint):
+    assert default_checkpoint.stat().st_size < 20 * 2**20
+    raw = torch.load(default_checkpoint, map_location="cpu", weights_only=True)
+    model = load_checkpoint(default_checkpoint)
+    assert list(model.state_dict()) == list(raw["state_dict"])
+    meta = model.metadata
+    for key in ("command", "normalization", "data", "split", "metrics", "seed", "machine"):
+        assert key in meta, key
+    json.dumps(meta)  # plain data only
+
+
+def _held_out_images(checkpoint):
+    """(data set, image stem) of the default model's own held-out split (never trained on)."""
+    split = torch.load(checkpoint, map_location="cpu", weights_only=True)["metadata"]["split"]
+    for name, parts in split["datasets"].items():
+        for group in parts.get("val_groups", []):
+            yield name, group.split("/", 1)[1]
+
+
+def test_one_click_at_the_centre_of_a_held_out_nucleus(default_checkpoint, shared_data_dir):
+    model = load_checkpoint(default_checkpoint)
+    session = ClickSession(model)
+    found = False
+    for dataset_name, stem in _held_out_images(default_checkpoint):
+        folder = shared_data_dir / "microscopy" / dataset_name
+        if not folder.is_dir():
+            continue
+        samples = [s for s in load_dataset(folder, min_area=200) if s.name.split(":")[0] == stem]
+        if not samples:
+            continue
+        # The three largest objects of the image: clear, whole nuclei.
+        samples.sort(key=lambda s: int((s.gt == 1).sum()), reverse=True)
+        scores = []
+        for sample in samples[:3]:
+            obj = sample.gt == 1
+            dist = ndimage.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+            row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+            session.set_image(sample.image)
+            session.add_click(row, col, positive=True)
+            scores.append(iou(sample.gt, session.mask))
+        assert np.median(scores) > 0.8, (dataset_name, stem, scores)
+        found = True
+        break
+    if not found:
+        pytest.skip("none of the default model's held-out images is in the shared data here")
