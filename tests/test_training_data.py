@@ -239,3 +239,20 @@ def test_batcher_shapes_and_targets(tmp_path):
     assert (points[valid][:, :2] < 64).all()
     again = batcher.batch(np.random.default_rng(0), 6)
     np.testing.assert_array_equal(again[1], points)  # seeded: identical batches
+
+
+def test_invert_augmentation_maps_x_to_one_minus_x():
+    from napari_ritm_training.augment import AugmentConfig, _intensity
+
+    cfg = AugmentConfig(
+        brightness_contrast_prob=0.0,
+        gamma_prob=0.0,
+        rgb_shift_prob=0.0,
+        blur_prob=0.0,
+        noise_prob=0.0,
+        invert_prob=1.0,
+    )
+    img = np.random.default_rng(0).random((8, 9, 1)).astype(np.float32)
+    np.testing.assert_allclose(_intensity(img, np.random.default_rng(1), cfg), 1.0 - img)
+    cfg.invert_prob = 0.0
+    np.testing.assert_array_equal(_intensity(img, np.random.default_rng(1), cfg), img)

@@ -49,6 +49,9 @@ class AugmentConfig:
         blur_sigma: (low, high) sigma in pixels.
         noise_prob: probability of additive Gaussian noise with std in ``noise_std``.
         noise_std: (low, high) std in [0, 1] units.
+        invert_prob: probability of inverting intensities (1 - x), so that a model trained on
+            fluorescence (bright objects on dark) also sees dark objects on a bright
+            background, as in brightfield and histology.
     """
 
     crop: tuple[int, int] = (192, 192)
@@ -69,6 +72,7 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 1.5)
     noise_prob: float = 0.3
     noise_std: tuple[float, float] = (0.005, 0.05)
+    invert_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.scale_mode not in ("object", "uniform", "none"):
@@ -233,6 +237,8 @@ def augment_crop(
 
 
 def _intensity(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    if cfg.invert_prob > 0 and rng.random() < cfg.invert_prob:
+        img = 1.0 - img
     if rng.random() < cfg.brightness_contrast_prob:
         alpha = rng.uniform(*cfg.contrast)
         beta = rng.uniform(-cfg.brightness, cfg.brightness)

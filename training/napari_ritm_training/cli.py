@@ -28,6 +28,8 @@ from .trainer import TrainConfig, TrainingInterrupted
 __all__ = ["build_parser", "config_from_args", "main"]
 
 _HELP = {
+    "invert_prob": "probability of inverting intensities (dark objects on bright, as in "
+    "brightfield); 0 keeps the reference augmentations",
     "data": "training data folders (pairs.csv, images/+labels/, or images/+masks/)",
     "out": "run folder for checkpoints and logs (must not hold another run unless --resume)",
     "from_weights": "start from these weights: a registry name (e.g. hrnet18s) or a .pth path; "

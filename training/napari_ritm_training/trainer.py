@@ -126,6 +126,7 @@ class TrainConfig:
         scale_mode: "object" (diameter log-uniform in ``diameter_range``), "uniform"
             (reference, factor in ``scale_range``) or "none".
         diameter_range: target object diameters in pixels for ``scale_mode="object"``.
+        invert_prob: probability of inverting intensities (brightfield-like dark objects).
         scale_range: scale factors for ``scale_mode="uniform"``.
         max_num_points: click slots per sign (24).
         max_num_next_clicks: largest number of simulated clicks per batch (3).
@@ -170,6 +171,7 @@ class TrainConfig:
     percentiles: tuple[float, float] = (1.0, 99.8)
     scale_mode: str = "object"
     diameter_range: tuple[float, float] = (14.0, 90.0)
+    invert_prob: float = 0.0
     scale_range: tuple[float, float] = (0.75, 1.40)
     max_num_points: int = 24
     max_num_next_clicks: int = 3
@@ -494,6 +496,7 @@ class Trainer:
             scale_mode=cfg.scale_mode,
             scale_range=tuple(cfg.scale_range),
             diameter_range=tuple(cfg.diameter_range),
+            invert_prob=cfg.invert_prob,
         )
         self.batcher = TrainingBatcher(
             train_sets,
