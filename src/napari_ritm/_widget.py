@@ -440,6 +440,19 @@ class RitmWidget(Container):
         """The displayed plane of the chosen image (raises ImageFormatError when unusable)."""
         return current_plane(self.viewer, self._require_image(), self.channel_axis)
 
+    def _image_and_plane_or_warn(self) -> tuple[Image, Plane] | None:
+        """The chosen image layer and its displayed plane, or None after warning why not."""
+        try:
+            return self._require_image(), self.plane()
+        except RitmError as exc:
+            self._warn(str(exc))
+            return None
+
+    def _plane_or_warn(self) -> Plane | None:
+        """The displayed plane, or None after warning why there is none."""
+        found = self._image_and_plane_or_warn()
+        return None if found is None else found[1]
+
     def current_clicks(self) -> list:
         """Clicks of the object in progress on the displayed plane, in click order."""
         return clicks_on_plane(self._positive, self._negative, self.plane())
@@ -666,12 +679,10 @@ class RitmWidget(Container):
             modifiers: names of held modifier keys ("Shift", "Control", "Meta", "Alt").
         """
         modifiers = set(modifiers)
-        try:
-            image = self._require_image()
-            plane = self.plane()
-        except RitmError as exc:
-            self._warn(str(exc))
+        found = self._image_and_plane_or_warn()
+        if found is None:
             return
+        image, plane = found
         coords = world_to_spatial(image, position, self.channel_axis)
         row, col = coords[plane.row_axis], coords[plane.col_axis]
         h, w = plane.hw
@@ -723,10 +734,8 @@ class RitmWidget(Container):
 
     def undo_click(self, event: Any = None) -> None:
         """Remove the newest click of the displayed plane (it can be redone)."""
-        try:
-            plane = self.plane()
-        except RitmError as exc:
-            self._warn(str(exc))
+        plane = self._plane_or_warn()
+        if plane is None:
             return
         items = self._points_on_plane(plane)
         if not items:
@@ -750,18 +759,20 @@ class RitmWidget(Container):
 
     def reset_clicks(self, event: Any = None) -> None:
         """Drop the clicks and the refine target of the displayed plane."""
-        try:
-            plane = self.plane()
-        except RitmError as exc:
-            self._warn(str(exc))
+        plane = self._plane_or_warn()
+        if plane is None:
             return
+        self._clear_object(plane)
+        self.status.value = "reset"
+
+    def _clear_object(self, plane: Plane) -> None:
+        """Forget the object in progress on ``plane``: its clicks, prior, redo stack and preview."""
         self._remove_points(self._points_on_plane(plane), notify=False)
         self._priors.pop(plane.key, None)
         self._redo.clear()
         self._probs = None
         self._probs_request = None
         self._clear_preview()
-        self.status.value = "reset"
 
     def finish_object(self, event: Any = None) -> int | None:
         """Commit the object in progress into the labels layer and go to the next free ID.
@@ -813,12 +824,7 @@ class RitmWidget(Container):
                 labels.data_setitem(plane.nd_indices(*set_rc), label_id)
             if len(clear_rc[0]):
                 labels.data_setitem(plane.nd_indices(*clear_rc), 0)
-        self._remove_points(self._points_on_plane(plane), notify=False)
-        self._priors.pop(plane.key, None)
-        self._redo.clear()
-        self._probs = None
-        self._probs_request = None
-        self._clear_preview()
+        self._clear_object(plane)
         self.label_id.value = max(int(np.max(labels.data)) + 1, 1)
         self.status.value = f"label {label_id} written ({len(set_rc[0])} px)"
         self._last_commit = (label_id, plane)
@@ -826,25 +832,28 @@ class RitmWidget(Container):
 
     def refine_selected(self, event: Any = None) -> None:
         """Refine the labels layer's selected label on the displayed plane."""
-        try:
-            labels = self._target_labels(create=False)
-            plane = self.plane()
-        except RitmError as exc:
-            self._warn(str(exc))
+        plane = self._plane_or_warn()
+        if plane is None:
             return
+        labels = self._labels_to_refine_or_warn()
         if labels is None:
-            self._warn("no labels layer chosen; pick the layer holding the object to refine")
             return
         self.refine_label(int(labels.selected_label), plane)
 
-    def _refine_at(self, plane: Plane, row: int, col: int) -> None:
+    def _labels_to_refine_or_warn(self) -> Labels | None:
+        """The chosen labels layer (never created here), or None after warning why not."""
         try:
             labels = self._target_labels(create=False)
         except RitmError as exc:
             self._warn(str(exc))
-            return
+            return None
         if labels is None:
             self._warn("no labels layer chosen; pick the layer holding the object to refine")
+        return labels
+
+    def _refine_at(self, plane: Plane, row: int, col: int) -> None:
+        labels = self._labels_to_refine_or_warn()
+        if labels is None:
             return
         index = list(plane.index)
         index[plane.row_axis], index[plane.col_axis] = row, col
@@ -864,14 +873,11 @@ class RitmWidget(Container):
         Returns:
             True when refining started, False when refused (a notification says why).
         """
-        try:
-            plane = plane or self.plane()
-            labels = self._target_labels(create=False)
-        except RitmError as exc:
-            self._warn(str(exc))
+        plane = plane or self._plane_or_warn()
+        if plane is None:
             return False
+        labels = self._labels_to_refine_or_warn()
         if labels is None:
-            self._warn("no labels layer chosen; pick the layer holding the object to refine")
             return False
         if self._points_on_plane(plane):
             self._warn("finish or reset the current object before refining another one")
@@ -913,12 +919,10 @@ class RitmWidget(Container):
 
     def step_slice(self, step: int) -> None:
         """Move the viewer ``step`` slices along the stack axis of the chosen image."""
-        try:
-            image = self._require_image()
-            plane = self.plane()
-        except RitmError as exc:
-            self._warn(str(exc))
+        found = self._image_and_plane_or_warn()
+        if found is None:
             return
+        image, plane = found
         axis = self._stack_axis(plane)
         if axis is None:
             return
@@ -943,12 +947,10 @@ class RitmWidget(Container):
         if self.runner.busy:
             self._warn("a prediction is still running; propagate again when it is done")
             return False
-        try:
-            image = self._require_image()
-            plane = self.plane()
-        except RitmError as exc:
-            self._warn(str(exc))
+        found = self._image_and_plane_or_warn()
+        if found is None:
             return False
+        image, plane = found
         axis = self._stack_axis(plane)
         if axis is None:
             self._warn("the image has no stack axis (Z or T) to propagate along")

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -35,11 +36,15 @@ from napari_ritm.errors import DatasetError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Dataset",
+    "DatasetKind",
     "Sample",
     "encode_benchmark_mask",
+    "list_pairs",
     "load_dataset",
     "read_image",
     "read_mask",
+    "read_pair",
+    "read_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,9 @@ _TIFF = frozenset({".tif", ".tiff"})
 #: Folder pairs (images, masks) recognised as the benchmark layout, in order of preference.
 #: ``img``/``gt`` and ``data_GT``/``boundary_GT`` are the official RITM / GrabCut spellings.
 _BENCHMARK_LAYOUTS = (("images", "masks"), ("img", "gt"), ("data_GT", "boundary_GT"))
+
+#: Folder layouts: benchmark masks, instance labels, or semantic (binary) masks.
+DatasetKind = Literal["benchmark", "labels", "masks"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class Dataset:
         kind: ``"benchmark"``, ``"labels"`` or ``"masks"``.
     """
 
-    def __init__(self, name: str, root: Path, kind: str, entries: list[_Entry]) -> None:
+    def __init__(self, name: str, root: Path, kind: DatasetKind, entries: list[_Entry]) -> None:
         self.name = name
         self.root = root
         self.kind = kind
@@ -136,13 +144,9 @@ class Dataset:
         if self._cache_key != key:
             self._cache = None  # release the previous pair before reading the next one
             self._plane_cache = {}
-            rgb = self.kind == "benchmark"
-            image = read_image(entry.image_path, rgb=rgb)
-            target = _read_target(entry.target_path, self.kind)
-            image = _match_image_to_target(
-                image, target, self.kind, entry.image_path, entry.target_path
-            )
-            self._cache_key, self._cache = key, (image, target)
+            self._cache_key = None
+            self._cache = read_pair(entry.image_path, entry.target_path, self.kind)
+            self._cache_key = key
         assert self._cache is not None
         return self._cache
 
@@ -275,7 +279,24 @@ def encode_benchmark_mask(mask: np.ndarray) -> np.ndarray:
     return gt
 
 
-def _read_target(path: Path, kind: str) -> np.ndarray:
+def read_target(path: str | Path, kind: DatasetKind) -> np.ndarray:
+    """Read a mask or label file as a data set of layout ``kind`` uses it.
+
+    Args:
+        path: Mask/label file.
+        kind: ``"benchmark"``: the mask as stored (see :func:`encode_benchmark_mask`);
+            ``"labels"``: integer instance ids (colour-saved 2D images reduced by the channel
+            maximum, integral floats cast to int64); ``"masks"``: as "labels", then a binary
+            mask is split into 8-connected components per plane.
+
+    Returns:
+        Benchmark: (H, W) or (H, W, C) integer mask. Otherwise: (H, W) or (Z, Y, X) integer
+        labels, 0 = background.
+
+    Raises:
+        DatasetError: The file is missing or unreadable, or its labels are fractional floats.
+    """
+    path = Path(path)
     target = read_mask(path)
     if kind == "benchmark":
         return target
@@ -309,8 +330,33 @@ def _semantic_to_instances(mask: np.ndarray, path: Path) -> np.ndarray:
     return out
 
 
+def read_pair(
+    image_path: str | Path, target_path: str | Path, kind: DatasetKind
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one image and its mask/labels, with the image brought to the target's layout.
+
+    Args:
+        image_path: Image file. Benchmark images are read as (H, W, 3) uint8 RGB
+            (``read_image(rgb=True)``); others keep their dtype and channels.
+        target_path: Mask/label file, read by :func:`read_target`.
+        kind: The data set layout (from :func:`list_pairs`).
+
+    Returns:
+        ``(image, target)``: image (H, W[, C]) or, for stacks, (Z, Y, X[, C]), channels last
+        (channel-first files are moved), covering the same pixels as ``target``.
+
+    Raises:
+        DatasetError: A file is missing or unreadable, or the two do not cover the same pixels.
+    """
+    image_path, target_path = Path(image_path), Path(target_path)
+    image = read_image(image_path, rgb=kind == "benchmark")
+    target = read_target(target_path, kind)
+    image = _match_image_to_target(image, target, kind, image_path, target_path)
+    return image, target
+
+
 def _match_image_to_target(
-    image: np.ndarray, target: np.ndarray, kind: str, image_path: Path, target_path: Path
+    image: np.ndarray, target: np.ndarray, kind: DatasetKind, image_path: Path, target_path: Path
 ) -> np.ndarray:
     """Bring the image to the target's plane layout: (H,W[,C]) or (Z,Y,X[,C]), channels last."""
     # Benchmark masks may be colour images (H, W, C); label TIFFs in 3D are (Z, Y, X) stacks.
@@ -375,7 +421,7 @@ def _pair_by_stem(image_dir: Path, target_dir: Path) -> list[tuple[Path, Path]]:
     return [(images[s], targets[s]) for s in sorted(images)]
 
 
-def _read_pairs_csv(root: Path) -> tuple[str, list[tuple[Path, Path]]]:
+def _read_pairs_csv(root: Path) -> tuple[DatasetKind, list[tuple[Path, Path]]]:
     """Parse ``pairs.csv``: returns ("labels"|"masks", [(image, target), ...])."""
     csv_path = root / "pairs.csv"
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -387,7 +433,7 @@ def _read_pairs_csv(root: Path) -> tuple[str, list[tuple[Path, Path]]]:
                 "(instance labels) or 'image,mask' (binary masks)."
             )
         column = "label" if "label" in header else "mask"
-        kind = "labels" if column == "label" else "masks"
+        kind: DatasetKind = "labels" if column == "label" else "masks"
         rows = [
             {k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader
         ]
@@ -407,7 +453,28 @@ def _read_pairs_csv(root: Path) -> tuple[str, list[tuple[Path, Path]]]:
     return kind, pairs
 
 
-def _detect_layout(root: Path) -> tuple[str, list[tuple[Path, Path]]]:
+def list_pairs(root: str | Path) -> tuple[DatasetKind, list[tuple[Path, Path]]]:
+    """Detect a data set folder's layout and list its (image, mask/labels) file pairs.
+
+    Layouts, tried in this order (see the module docstring): ``pairs.csv`` (header
+    ``image,label`` -> "labels", ``image,mask`` -> "masks"); ``images/`` + ``labels/`` matched by
+    file stem -> "labels"; ``images/`` + ``masks/`` (or ``img/`` + ``gt/``, ``data_GT/`` +
+    ``boundary_GT/``) matched by stem -> "benchmark". Only file names are read, no pixels.
+
+    Args:
+        root: Data set folder.
+
+    Returns:
+        ``(kind, pairs)``: the layout and the (image path, target path) pairs, sorted by image
+        stem (or in ``pairs.csv`` order).
+
+    Raises:
+        DatasetError: The folder is missing or of no known layout, ``pairs.csv`` is malformed or
+            names missing files, or images and masks cannot be matched by name.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data set folder not found: {root}")
     if (root / "pairs.csv").is_file():
         return _read_pairs_csv(root)
     image_dir = root / "images"
@@ -471,7 +538,7 @@ def load_dataset(
     for arg, value in (("max_samples", max_samples), ("limit", limit)):
         if value is not None and value < 1:
             raise DatasetError(f"{arg} must be >= 1 (or None for all), got {value}")
-    kind, pairs = _detect_layout(root)
+    kind, pairs = list_pairs(root)
     rng = np.random.default_rng(seed)
     entries: list[_Entry] = []
     for image_path, target_path in pairs:
@@ -484,7 +551,7 @@ def load_dataset(
                     "skipping %s: its mask %s has no object pixels", image_path, target_path.name
                 )
             continue
-        target = _read_target(target_path, kind)
+        target = read_target(target_path, kind)
         if target.ndim == 2:
             ids = _subset(_instance_ids(target, min_area), max_samples, rng)
             entries += [_Entry(image_path, target_path, None, i, f"{stem}:{i}") for i in ids]

@@ -34,6 +34,7 @@ __all__ = [
     "normalize_crop",
     "normalize_planes",
     "prepare_image",
+    "resolve_normalization",
 ]
 
 logger = logging.getLogger(__name__)
@@ -350,17 +351,51 @@ def prepare_image(
             complex dtype, NaN/inf values, bad channel index or contrast limits.
     """
     image = np.asarray(image)
+    normalization = resolve_normalization(
+        image,
+        normalization,
+        contrast_limits=contrast_limits,
+        channel=channel,
+        rgb=rgb,
+        percentiles=percentiles,
+    )
+    return normalize_crop(image, normalization), normalization
+
+
+def resolve_normalization(
+    image: np.ndarray,
+    normalization: Normalization | None = None,
+    *,
+    contrast_limits: tuple[float, float] | None = None,
+    channel: int | None = None,
+    rgb: bool | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> Normalization:
+    """The normalization to use for an image: a recorded one (checked to fit) or a new one.
+
+    Args:
+        image: (H, W) or (H, W, C) integer or float array, channels last.
+        normalization: A recorded Normalization to reuse; when given, the other options are
+            ignored and the image is only checked against it.
+        contrast_limits, channel, rgb, percentiles: As in :func:`prepare_image`, used to compute
+            a new Normalization when ``normalization`` is None.
+
+    Returns:
+        ``normalization`` itself when given, else the result of :func:`compute_normalization`.
+
+    Raises:
+        ImageFormatError: as :func:`prepare_image`, or a normalization that does not fit.
+    """
     if normalization is None:
-        normalization = compute_normalization(
+        return compute_normalization(
             image,
             contrast_limits=contrast_limits,
             channel=channel,
             rgb=rgb,
             percentiles=percentiles,
         )
-    else:
-        check_image(image, normalization)
-    return normalize_crop(image, normalization), normalization
+    check_image(image, normalization)
+    return normalization
 
 
 def check_image(image: np.ndarray, normalization: Normalization | None = None) -> np.ndarray:

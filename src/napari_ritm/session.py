@@ -38,9 +38,8 @@ from napari_ritm.clicks import Click
 from napari_ritm.errors import ImageFormatError, RitmError
 from napari_ritm.preprocess import (
     Normalization,
-    check_image,
-    compute_normalization,
     normalize_planes,
+    resolve_normalization,
 )
 from napari_ritm.transforms import (
     HorizontalFlip,
@@ -307,17 +306,14 @@ class ClickSession:
             ImageFormatError: unusable image, options or prior mask; the session is unchanged.
         """
         image = np.asarray(image)
-        if normalization is None:
-            norm = compute_normalization(
-                image,
-                contrast_limits=contrast_limits,
-                channel=channel,
-                rgb=rgb,
-                percentiles=percentiles,
-            )
-        else:
-            check_image(image, normalization)
-            norm = normalization
+        norm = resolve_normalization(
+            image,
+            normalization,
+            contrast_limits=contrast_limits,
+            channel=channel,
+            rgb=rgb,
+            percentiles=percentiles,
+        )
         hw = (int(image.shape[0]), int(image.shape[1]))
         prior = self._check_prior(prior_mask, hw) if prior_mask is not None else None
         self._image, self._norm, self._hw = image, norm, hw

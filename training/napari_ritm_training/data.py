@@ -283,16 +283,14 @@ def load_folder(
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DatasetError(f"training data folder not found: {root}")
-    kind, pairs = ds._detect_layout(root)
+    kind, pairs = ds.list_pairs(root)
     if not pairs:
         raise DatasetError(f"no image/label pairs found in {root}")
     images: list[TrainImage] = []
     for image_path, target_path in pairs:
-        image = ds.read_image(image_path, rgb=kind == "benchmark")
-        target = ds._read_target(target_path, kind)
+        image, target = ds.read_pair(image_path, target_path, kind)
         if kind == "benchmark":
             target = _benchmark_instances(target)
-        image = ds._match_image_to_target(image, target, "labels", image_path, target_path)
         name = f"{root.name}/{image_path.stem}"
         image, target = check_pair(image, target, str(target_path))
         images += _make_images(
