@@ -341,6 +341,7 @@ def noc_check(
                 "weights": weights,
                 "dataset": dataset.name,
                 "n_samples": len(samples),
+                "max_clicks": max_clicks,
                 "noc85": report.noc85,
                 "noc90": report.noc90,
                 "miou_last": report.miou_at_k[-1],
@@ -394,16 +395,16 @@ def format_tables(results: list[dict[str, Any]], noc: list[dict[str, Any]]) -> s
     if noc:
         lines += [
             "",
-            f"Accuracy ({noc[0]['variant']}, {noc[0]['weights']}, first {noc[0]['n_samples']} "
-            f"samples of {noc[0]['dataset']}):",
+            f"Accuracy ({noc[0]['variant']}, {noc[0]['weights']}, {noc[0]['max_clicks']} clicks; "
+            "first N samples of each data set):",
             "",
-            "| config | NoC@85 | NoC@90 | mIoU at last click | s/click |",
-            "|---|---|---|---|---|",
+            "| data set | N | config | NoC@85 | NoC@90 | mIoU at last click | s/click |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in noc:
             lines.append(
-                f"| {r['config']} | {r['noc85']:.2f} | {r['noc90']:.2f} | {r['miou_last']:.4f} "
-                f"| {r['seconds_per_click']:.3f} |"
+                f"| {r['dataset']} | {r['n_samples']} | {r['config']} | {r['noc85']:.2f} | "
+                f"{r['noc90']:.2f} | {r['miou_last']:.4f} | {r['seconds_per_click']:.3f} |"
             )
     return "\n".join(lines)
 
@@ -435,7 +436,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="checkpoint (default: shipped or conformance)")
     p.add_argument("--baseline-max-size", type=int, default=1024)
     p.add_argument("--all-sizes", action="store_true", help="every variant on every size")
-    p.add_argument("--noc-data", default=str(REPO.parent / "shared/data/benchmarks/GrabCut"))
+    p.add_argument(
+        "--noc-data",
+        nargs="+",
+        default=[str(REPO.parent / "shared/data/benchmarks/GrabCut")],
+        help="data set folders for the NoC side-by-side (first --noc-samples of each)",
+    )
     p.add_argument("--noc-samples", type=int, default=3)
     p.add_argument("--noc-clicks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
@@ -501,16 +507,17 @@ def main(argv: list[str] | None = None) -> int:
                 results.insert(len(results) - len(timed), r)
                 print(f"{variant} {size} baseline: {r.get('error') or 'ok'}", file=sys.stderr)
     noc = []
-    if Path(args.noc_data).is_dir() and args.noc_samples > 0:
-        noc = noc_check(
-            configs,
-            model_path,
-            Path(args.noc_data),
-            args.noc_samples,
-            args.noc_clicks,
-            device,
-            args.threads,
-        )
+    for folder in args.noc_data:
+        if Path(folder).is_dir() and args.noc_samples > 0:
+            noc += noc_check(
+                configs,
+                model_path,
+                Path(folder),
+                args.noc_samples,
+                args.noc_clicks,
+                device,
+                args.threads,
+            )
     elapsed = time.perf_counter() - start
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(format_tables(results, noc))

@@ -49,7 +49,8 @@ def _save(viewer, name: str) -> Path:
         small = img.resize(size, PILImage.LANCZOS) if scale < 1 else img
         buf = io.BytesIO()
         small.quantize(colors=256, method=PILImage.Quantize.MEDIANCUT).save(
-            buf, format="PNG", optimize=True)
+            buf, format="PNG", optimize=True
+        )
         if buf.tell() <= MAX_BYTES:
             break
     path.write_bytes(buf.getvalue())

@@ -5,8 +5,9 @@ in the repository: the logs and split as they are, and ``resume.pth`` in half pr
 weights float16; Adam moments bfloat16, whose float32 range keeps tiny second moments from
 underflowing to 0). ``--resume`` casts everything back to float32.
 
-    python scripts/pack_run.py runs/default-nuclei training/runs/default-nuclei
-    cp -r training/runs/default-nuclei runs/ && bash runs/train_default.sh --resume
+    python scripts/pack_run.py runs/default-nuclei-stage2 training/runs/default-nuclei-stage2
+    mkdir -p runs && cp -r training/runs/default-nuclei-stage2 runs/
+    STAGE=2 bash scripts/train_default_model.sh --resume
 """
 
 from __future__ import annotations

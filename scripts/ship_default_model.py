@@ -1,9 +1,12 @@
 """Copy a trained checkpoint into the package as the default model, in half precision.
 
-    python scripts/ship_default_model.py runs/default-nuclei/best.pth [--scores a.json b.json]
+    python scripts/ship_default_model.py runs/default-nuclei-stage2/last.pth \
+        --stages runs/default-nuclei runs/default-nuclei-stage2 --scores runs/accuracy/*.json
 
 The file keeps the official format plus its training metadata (command, data, split, seed,
-iterations, time, machine, normalization); ``--scores`` adds the summaries of
+iterations, time, machine, normalization of the last stage); ``--stages`` adds every training
+stage's command, epochs, steps and time under ``metadata["training"]`` (the model is trained in
+stages, scripts/train_default_model.sh), and ``--scores`` adds the summaries of
 ``napari-ritm evaluate --json`` runs under ``metadata["scores"]``.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 from pathlib import Path
 
 from napari_ritm.model import load_checkpoint, save_checkpoint
@@ -18,25 +22,69 @@ from napari_ritm.model import load_checkpoint, save_checkpoint
 DEST = Path(__file__).resolve().parents[1] / "src/napari_ritm/checkpoints/nuclei_hrnet18s.pth"
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def stage_record(run_dir: Path) -> dict:
+    """Command, length and time of one napari-ritm-finetune run folder."""
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = json.loads((run_dir / "log.json").read_text())
+    seconds = sum(r.get("train_seconds") or 0.0 for r in rows)
+    seconds += sum(r.get("val_seconds") or 0.0 for r in rows)
+    return {
+        "run": run_dir.name,
+        "command": config["command"],
+        "init": config.get("init"),
+        "epochs": len(rows),
+        "iterations": rows[-1]["step"] if rows else 0,
+        "batch_size": config["config"]["batch_size"],
+        "hours": round(seconds / 3600, 2),
+        "last_validation": {k: v for k, v in rows[-1].items() if k.startswith("val_")},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--scores", type=Path, nargs="*", default=[])
+    parser.add_argument("--stages", type=Path, nargs="*", default=[], help="run folders, in order")
+    parser.add_argument("--note", default=None, help="free text on how it was trained")
     parser.add_argument("--dest", type=Path, default=DEST)
     args = parser.parse_args()
     model = load_checkpoint(args.checkpoint)
     metadata = dict(model.metadata)
     metadata.pop("source", None)
     scores = {}
+    keys = ("noc85", "noc90", "failures90", "miou_at_k", "n_samples")
     for path in args.scores:
+        if path.name.endswith(".samples.json"):
+            continue
         summary = json.loads(path.read_text())
-        scores[summary.get("dataset", path.stem)] = {
-            k: summary[k]
-            for k in ("noc85", "noc90", "failures90", "miou_at_k", "n_samples")
-            if k in summary
-        }
+        entry = {k: summary[k] for k in keys if k in summary}
+        if "baseline" in summary:
+            entry["baseline"] = {k: summary["baseline"][k] for k in (*keys, "model")}
+        scores[summary.get("dataset", path.stem)] = entry
     if scores:
         metadata["scores"] = scores
+    if args.stages:
+        stages = [stage_record(d) for d in args.stages]
+        metadata["training"] = {
+            "reproduce": "bash scripts/train_default_model.sh",
+            "stages": stages,
+            "iterations": sum(st["iterations"] for st in stages),
+            "hours": round(sum(st["hours"] for st in stages), 2),
+            "cpu": _cpu_name(),
+        }
+        if args.note:
+            metadata["training"]["note"] = args.note
     out = save_checkpoint(model, args.dest, metadata=metadata, half=True)
     print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
 

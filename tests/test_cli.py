@@ -98,6 +98,25 @@ def test_evaluate_end_to_end(tiny_dataset, conformance_checkpoint, tmp_path, cap
     assert lines[3].startswith("grabcut")
 
 
+def test_evaluate_precision_option(tiny_dataset, conformance_checkpoint, tmp_path, capsys):
+    outs = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / f"{precision}.json"
+        args = ["evaluate", "--model", str(conformance_checkpoint), "--dataset", str(tiny_dataset),
+                "--max-clicks", "2", "--json", str(out), "--device", "cpu", "--no-zoom-in",
+                "--no-progress", "--precision", precision]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr().err
+        outs[precision] = json.loads(out.read_text())
+    assert outs["bfloat16"]["model"] == f"{conformance_checkpoint.name} (bfloat16)"
+    assert outs["float32"]["model"] == conformance_checkpoint.name
+    # reduced precision changes the probabilities: the IoUs differ, but not wildly
+    f32, bf16 = np.array(outs["float32"]["miou_at_k"]), np.array(outs["bfloat16"]["miou_at_k"])
+    assert np.abs(f32 - bf16).max() < 0.3
+    args[-1] = "float16"  # GPUs only: one clear line, exit 2
+    assert main(args) == 2
+    assert "float16 is for GPUs" in capsys.readouterr().err
+
+
 def test_evaluate_user_errors_exit_2(tiny_dataset, tmp_path, capsys) -> None:
     rc = main(["evaluate", "--dataset", str(tmp_path / "missing")])
     err = capsys.readouterr().err.strip()

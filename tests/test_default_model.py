@@ -81,3 +81,25 @@ def test_one_click_at_the_centre_of_a_held_out_nucleus(
         break
     if not found:
         pytest.skip("none of the default model's held-out images is in the shared data here")
+
+
+def test_one_click_on_the_bundled_cell_sample(default_checkpoint):
+    """The launch command's sample: one click at the cell's centre gives the whole cell."""
+    from skimage.filters import gaussian, threshold_otsu
+
+    from napari_ritm._sample_data import load_bundled
+
+    image = load_bundled("cell.png")
+    # Reference outline: the bright cell body (smoothed, Otsu), the component under the click.
+    smooth = gaussian(image.astype(float), sigma=2)
+    labels, _ = ndimage.label(smooth > threshold_otsu(smooth))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    cell = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+    assert 8000 < cell.sum() < 20000  # the ~130 px cell, not background
+    dist = ndimage.distance_transform_edt(cell)
+    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    session = ClickSession(load_checkpoint(default_checkpoint))
+    session.set_image(image)
+    session.add_click(row, col, positive=True)
+    assert iou(cell, session.mask) > 0.8

@@ -94,7 +94,10 @@ print(json.dumps(report))
 def import_report() -> dict[str, dict]:
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(FORBIDDEN), json.dumps(MODULES)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -121,7 +124,9 @@ def test_required_modules_are_checked():
 def _fresh_modules(code: str) -> set[str]:
     proc = subprocess.run(
         [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -129,8 +134,10 @@ def _fresh_modules(code: str) -> set[str]:
 
 def test_import_napari_ritm_is_cheap():
     loaded = _fresh_modules("import napari_ritm; napari_ritm.__version__")
-    heavy = sorted({m.partition(".")[0] for m in loaded} & {"torch", "napari", "qtpy", "PyQt5",
-                                                            "magicgui", "cv2", "skimage"})
+    heavy = sorted(
+        {m.partition(".")[0] for m in loaded}
+        & {"torch", "napari", "qtpy", "PyQt5", "magicgui", "cv2", "skimage"}
+    )
     assert heavy == [], f"`import napari_ritm` loads {heavy}; keep public names lazy"
 
 
@@ -146,7 +153,10 @@ def test_probe_detects_a_violation(tmp_path: Path):
     (tmp_path / "bad_mod.py").write_text("import magicgui\n")
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(FORBIDDEN), json.dumps(["bad_mod"])],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,8 +25,12 @@ from napari_ritm.errors import ImageFormatError
 
 def _points(coords, orders=None):
     coords = np.asarray(coords, dtype=float)
-    layer = Points(coords, ndim=coords.shape[1], features={ORDER: np.full(len(coords), -1)},
-                   feature_defaults={ORDER: -1})
+    layer = Points(
+        coords,
+        ndim=coords.shape[1],
+        features={ORDER: np.full(len(coords), -1)},
+        feature_defaults={ORDER: -1},
+    )
     if orders is not None:
         layer.features = {ORDER: np.asarray(orders)}
     return layer

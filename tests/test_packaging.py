@@ -30,9 +30,19 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail("`build` and `hatchling` are needed (they are in the [test] extra)")
     out = tmp_path_factory.mktemp("dist")
     proc = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
-         str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     log = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, f"wheel build failed:\n{log}"
@@ -76,7 +86,9 @@ def test_manifest_entry_point_is_installed():
 def test_npe2_validate():
     proc = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", DIST_NAME],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "valid" in proc.stdout

@@ -63,8 +63,15 @@ def test_manifest_is_valid_and_linked_into_the_package():
     link = REPO / "src" / "napari_ritm" / "napari.yaml"
     assert link.resolve() == (REPO / "napari.yaml").resolve()
     ids = {c.id for c in manifest.contributions.commands}
-    for needed in ("widget", "finetune", "finish_object", "undo_click", "refine_selected",
-                   "propagate", "sample_cell"):
+    for needed in (
+        "widget",
+        "finetune",
+        "finish_object",
+        "undo_click",
+        "refine_selected",
+        "propagate",
+        "sample_cell",
+    ):
         assert f"napari-ritm.{needed}" in ids
     widgets = {w.command: w.display_name for w in manifest.contributions.widgets}
     assert widgets["napari-ritm.finetune"] == "Fine-tune"
@@ -75,9 +82,10 @@ def test_every_manifest_command_imports():
     pending = []
     for command in _manifest().contributions.commands:
         module_name, attr = command.python_name.split(":")
-        if module_name == "napari_ritm._finetune_widget" and importlib.util.find_spec(
-            module_name
-        ) is None:
+        if (
+            module_name == "napari_ritm._finetune_widget"
+            and importlib.util.find_spec(module_name) is None
+        ):
             pending.append(module_name)  # written by the training helper
             continue
         module = importlib.import_module(module_name)

@@ -136,6 +136,20 @@ def test_stop_and_resume_reach_the_same_weights(data_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def test_resume_can_change_the_length_and_the_schedule(data_dir, tmp_path):
+    out = tmp_path / "sched"
+    run_finetune(_config(data_dir, out, epochs=1, lr=1e-3, milestones=[5], val_every=0))
+    # Extend to 3 epochs with the learning-rate drop moved to epoch 1 (already passed for
+    # epoch 2): the resumed epochs use the new schedule, not the stored one.
+    cfg = _config(data_dir, out, epochs=3, lr=1e-3, milestones=[1], val_every=0, resume=True)
+    run_finetune(cfg)
+    rows = json.loads((out / "log.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-4, 1e-4])
+    state = torch.load(out / "resume.pth", map_location="cpu", weights_only=True)
+    assert state["config"]["milestones"] == [1] and state["config"]["epochs"] == 3
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_state(data_dir, tmp_path):
     out = tmp_path / "interrupted"

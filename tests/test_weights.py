@@ -117,8 +117,12 @@ def _add_entry(
 ) -> WeightsSpec:
     """Register a test entry 'test.blob' whose file is blob.pth with the sha256 of ``data``."""
     fields = {
-        "name": "test.blob", "file_name": "blob.pth", "variant": "hrnet18s",
-        "with_prev_mask": True, "train_data": "none", "description": "test entry",
+        "name": "test.blob",
+        "file_name": "blob.pth",
+        "variant": "hrnet18s",
+        "with_prev_mask": True,
+        "train_data": "none",
+        "description": "test entry",
         "sha256": hashlib.sha256(data).hexdigest() if data is not None else None,
         "aliases": ("blob-alias",),
     }
@@ -145,8 +149,11 @@ def _leftovers(folder: Path) -> list[str]:
 def test_registry_has_the_five_official_files():
     official = {s.file_name: s for s in WEIGHTS.values() if s.kind == "official"}
     assert set(official) == {
-        "sbd_h18_itermask.pth", "coco_lvis_h18_baseline.pth", "coco_lvis_h18s_itermask.pth",
-        "coco_lvis_h18_itermask.pth", "coco_lvis_h32_itermask.pth",
+        "sbd_h18_itermask.pth",
+        "coco_lvis_h18_baseline.pth",
+        "coco_lvis_h18s_itermask.pth",
+        "coco_lvis_h18_itermask.pth",
+        "coco_lvis_h32_itermask.pth",
     }
     expect = {  # file -> (variant, with_prev_mask, train data), ritm-reference §1.2
         "sbd_h18_itermask.pth": ("hrnet18", True, "SBD"),
@@ -167,7 +174,10 @@ def test_official_urls_and_override(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("NAPARI_RITM_WEIGHTS_URL", raising=False)
     spec = WEIGHTS["hrnet32.cocolvis_itermask"]
     assert spec.download_url() == OFFICIAL_BASE + "coco_lvis_h32_itermask.pth"
-    assert spec.download_url("http://127.0.0.1:1/x") == "http://127.0.0.1:1/x/coco_lvis_h32_itermask.pth"
+    assert (
+        spec.download_url("http://127.0.0.1:1/x")
+        == "http://127.0.0.1:1/x/coco_lvis_h32_itermask.pth"
+    )
     monkeypatch.setenv("NAPARI_RITM_WEIGHTS_URL", "http://127.0.0.1:2/mirror/")
     assert spec.download_url() == "http://127.0.0.1:2/mirror/coco_lvis_h32_itermask.pth"
     assert WEIGHTS[weights.DEFAULT_MODEL].download_url() is None  # shipped: never downloaded
@@ -252,7 +262,11 @@ def test_list_weights_reports_cache_state(cache: Path):
     assert set(WEIGHTS) <= set(infos)
     h18s = infos["hrnet18s.cocolvis_itermask"]
     assert (h18s.kind, h18s.variant, h18s.cached, h18s.status) == (
-        "official", "hrnet18s", False, "not downloaded")
+        "official",
+        "hrnet18s",
+        False,
+        "not downloaded",
+    )
     assert h18s.path == cache / "coco_lvis_h18s_itermask.pth"
     assert h18s.url == OFFICIAL_BASE + "coco_lvis_h18s_itermask.pth"
     cache.mkdir()
@@ -437,7 +451,11 @@ def test_import_valid_checkpoint(cache: Path, h18s_checkpoint: Path):
     assert weights.fetch_weights("my-cells_v1") == target
     info = {i.name: i for i in weights.list_weights()}["my-cells_v1"]
     assert (info.kind, info.variant, info.cached, info.status) == (
-        "imported", "hrnet18s", True, "imported")
+        "imported",
+        "hrnet18s",
+        True,
+        "imported",
+    )
     assert info.extra["sha256"] == hashlib.sha256(h18s_checkpoint.read_bytes()).hexdigest()
     with pytest.raises(weights.InvalidWeightsNameError, match="already imported"):
         weights.import_weights(h18s_checkpoint, "my-cells_v1")
@@ -495,8 +513,12 @@ def test_cli_list_and_fetch(server: _Server, cache: Path, monkeypatch, capsys):
     assert _cli(["weights", "fetch", "test.blob", "--quiet", "--base-url", server.base_url]) == 0
     assert capsys.readouterr().out.strip() == str(cache / "blob.pth")
     assert _cli(["weights", "list"]) == 0
-    assert "cached" in {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
-                        if line.strip()}["test.blob"]
+    assert (
+        "cached"
+        in {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}[
+            "test.blob"
+        ]
+    )
 
 
 @needs_model

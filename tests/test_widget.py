@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import torch
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import (
     mouse_move_callbacks,
@@ -101,8 +102,12 @@ class MouseEvent:
 
 def mouse_click(viewer, world, button=1, modifiers=(), drag_px=0.0):
     """Press (and release) through napari's viewer mouse-callback path."""
-    kwargs = dict(position=tuple(world), pos=np.array([100.0, 100.0]), button=button,
-                  modifiers=list(modifiers))
+    kwargs = dict(
+        position=tuple(world),
+        pos=np.array([100.0, 100.0]),
+        button=button,
+        modifiers=list(modifiers),
+    )
     press = ReadOnlyWrapper(MouseEvent("mouse_press", **kwargs), exceptions=("handled",))
     mouse_press_callbacks(viewer, press)
     if drag_px:
@@ -149,16 +154,20 @@ def test_points_layers_are_the_truth(make_widget, conformance_model, image2d, qt
     pos.remove_selected()
     probs = wait_prediction(qtbot, widget)
     limits = tuple(float(v) for v in layer.contrast_limits)
-    expected = reference_probs(conformance_model, image2d, [Click(110, 90, True)],
-                               contrast_limits=limits)
+    expected = reference_probs(
+        conformance_model, image2d, [Click(110, 90, True)], contrast_limits=limits
+    )
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     # a point added directly to the negative layer (napari's Points "add" tool path)
     neg = widget._points_layer(False)
     neg.add(np.array([[20.0, 30.0]]))
     probs = wait_prediction(qtbot, widget)
-    expected = reference_probs(conformance_model, image2d,
-                               [Click(110, 90, True), Click(20, 30, False)],
-                               contrast_limits=limits)
+    expected = reference_probs(
+        conformance_model,
+        image2d,
+        [Click(110, 90, True), Click(20, 30, False)],
+        contrast_limits=limits,
+    )
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
@@ -211,8 +220,13 @@ def test_refine_writes_back_same_id(make_widget, conformance_model, image2d, qtb
     widget.add_point((60.0, 120.0), positive=False)
     probs = wait_prediction(qtbot, widget)
     limits = tuple(float(v) for v in layer.contrast_limits)
-    expected = reference_probs(conformance_model, image2d, [Click(60, 120, False)],
-                               contrast_limits=limits, prior_mask=labels_data == 3)
+    expected = reference_probs(
+        conformance_model,
+        image2d,
+        [Click(60, 120, False)],
+        contrast_limits=limits,
+        prior_mask=labels_data == 3,
+    )
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     t = pick_threshold(widget, expected)
     assert widget.finish_object() == 3
@@ -245,8 +259,9 @@ def test_propagate_fills_next_slice(make_widget, conformance_model, image2d, qtb
     assert first[row, col]  # a click inside the carried object
     probs1 = wait_prediction(qtbot, widget)
     limits = tuple(float(v) for v in layer.contrast_limits)
-    expected = reference_probs(conformance_model, stack[1], clicks, contrast_limits=limits,
-                               prior_mask=first)
+    expected = reference_probs(
+        conformance_model, stack[1], clicks, contrast_limits=limits, prior_mask=first
+    )
     np.testing.assert_allclose(probs1, expected, atol=1e-5)
     if not (expected > t).any():
         pick_threshold(widget, expected)
@@ -270,8 +285,10 @@ def test_undo_redo_click(make_widget, conformance_model, image2d, qtbot):
     probs = wait_prediction(qtbot, widget)
     limits = tuple(float(v) for v in layer.contrast_limits)
     np.testing.assert_allclose(
-        probs, reference_probs(conformance_model, image2d, [first], contrast_limits=limits),
-        atol=1e-5)
+        probs,
+        reference_probs(conformance_model, image2d, [first], contrast_limits=limits),
+        atol=1e-5,
+    )
     widget.redo_click()
     assert widget.current_clicks() == [first, Click(30, 30, False)]
     wait_prediction(qtbot, widget)
@@ -280,8 +297,9 @@ def test_undo_redo_click(make_widget, conformance_model, image2d, qtbot):
     assert widget.probs is None
 
 
-def test_wrong_labels_layer_notifies_and_changes_nothing(make_widget, image2d, qtbot,
-                                                          warnings_seen):
+def test_wrong_labels_layer_notifies_and_changes_nothing(
+    make_widget, image2d, qtbot, warnings_seen
+):
     viewer, _layer, widget = make_widget(image2d)
     wrong = viewer.add_labels(np.zeros((10, 10), dtype=np.uint8), name="wrong")
     widget.labels.value = wrong
@@ -330,8 +348,13 @@ def test_uint16_uses_contrast_limits_and_channels(make_widget, conformance_model
     widget.channel.value = 1
     widget.add_point((80.0, 60.0))
     probs = wait_prediction(qtbot, widget)
-    expected = reference_probs(conformance_model, np.moveaxis(two, 0, -1), [Click(80, 60)],
-                               contrast_limits=(5000.0, 40000.0), channel=1)
+    expected = reference_probs(
+        conformance_model,
+        np.moveaxis(two, 0, -1),
+        [Click(80, 60)],
+        contrast_limits=(5000.0, 40000.0),
+        channel=1,
+    )
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
@@ -372,3 +395,21 @@ def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch):
     finally:
         widget.close()
         viewer.close()
+
+
+def test_precision_choice_runs_the_session_in_that_dtype(
+    make_widget, conformance_model, image2d, qtbot, warnings_seen
+):
+    _viewer, _layer, widget = make_widget(image2d)
+    widget.add_point((110.0, 90.0), positive=True)
+    exact = wait_prediction(qtbot, widget)
+    assert widget.engine.session._net.dtype == torch.float32
+    widget.precision.value = "bfloat16"  # rebuilds the session, same clicks
+    approx = wait_prediction(qtbot, widget)
+    assert widget.engine.session._net.dtype == torch.bfloat16
+    assert approx.shape == exact.shape and not np.array_equal(approx, exact)
+    assert np.abs(approx - exact).mean() < 0.2  # same object, bf16 rounding
+    widget.precision.value = "float16"  # GPU only: a clear message, no crash
+    qtbot.waitUntil(lambda: any("float16" in w for w in warnings_seen), timeout=20000)
+    widget.precision.value = "float32"
+    np.testing.assert_allclose(wait_prediction(qtbot, widget), exact, atol=1e-6)

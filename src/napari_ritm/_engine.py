@@ -33,6 +33,8 @@ class Request:
         device: "cpu", "cuda", "mps" or None (best available).
         zoom_in: ClickSession zoom-in switch.
         flip: ClickSession flip test-time augmentation switch.
+        precision: ClickSession compute dtype: "float32" (exact), or opt-in "bfloat16" (CPU) /
+            "float16" (GPU), faster but with slightly different probabilities.
         image_key: hashable identity of ``image`` + normalization settings + ``prior_mask``;
             the session is re-initialised only when it changes.
         image: (h, w), (h, w, 3|4) or (h, w, C) plane of the image (a view; not modified).
@@ -51,6 +53,7 @@ class Request:
     image_key: Hashable
     image: np.ndarray | None
     contrast_limits: tuple[float, float] | None = None
+    precision: str = "float32"
     channel: int | None = None
     rgb: bool | None = None
     prior_mask: np.ndarray | None = None
@@ -85,23 +88,27 @@ def _default_loader(name: str, device: str | None, progress: Callable | None) ->
     return load_model(name, device=device)
 
 
-def _default_session_factory(model: Any, *, zoom_in: bool, flip: bool, device: Any) -> Any:
+def _default_session_factory(
+    model: Any, *, zoom_in: bool, flip: bool, device: Any, precision: str = "float32"
+) -> Any:
     from napari_ritm.session import ClickSession
 
-    return ClickSession(model, zoom_in=zoom_in, flip=flip, device=device)
+    return ClickSession(model, zoom_in=zoom_in, flip=flip, device=device, dtype=precision)
 
 
 class PredictionEngine:
     """Owns the loaded model and the :class:`~napari_ritm.session.ClickSession` of the widget.
 
     Lifecycle: the model is loaded on the first request naming it and kept (one at a time); the
-    session is rebuilt when the model or the zoom-in/flip switches change, re-initialised with
-    ``set_image`` when the plane, its normalization or the prior mask change, and otherwise just
-    brought to the requested clicks with ``set_clicks`` (incremental when only clicks were added).
+    session is rebuilt when the model, the zoom-in/flip switches or the precision change,
+    re-initialised with ``set_image`` when the plane, its normalization or the prior mask
+    change, and otherwise just brought to the requested clicks with ``set_clicks``
+    (incremental when only clicks were added).
 
     Args:
         loader: ``(name, device, progress) -> model``; default ``weights.load_model``.
-        session_factory: ``(model, *, zoom_in, flip, device) -> session``; default ClickSession.
+        session_factory: ``(model, *, zoom_in, flip, device, precision) -> session``; default
+            ClickSession.
         progress: ``(done, total, message)`` callable for model downloads/loads.
     """
 
@@ -144,10 +151,14 @@ class PredictionEngine:
             result.timings["load"] = time.perf_counter() - t0
             if request.image is None:
                 return result
-            session_key = (self.model_key, request.zoom_in, request.flip)
+            session_key = (self.model_key, request.zoom_in, request.flip, request.precision)
             if self.session is None or self._session_key != session_key:
                 self.session = self._session_factory(
-                    model, zoom_in=request.zoom_in, flip=request.flip, device=request.device
+                    model,
+                    zoom_in=request.zoom_in,
+                    flip=request.flip,
+                    device=request.device,
+                    precision=request.precision,
                 )
                 self._session_key = session_key
                 self._image_key = None

@@ -17,12 +17,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         prog="napari-ritm view",
         description="Open napari with the RITM click-segmentation widget and an image.",
     )
-    parser.add_argument("image", nargs="?", default=None,
-                        help="image file to open (default: the bundled 'cell' sample)")
-    parser.add_argument("--sample", choices=("cell", "ihc"), default="cell",
-                        help="sample to open when no image is given (default: cell)")
-    parser.add_argument("--model", default=None,
-                        help="weights name or checkpoint path to preselect in the widget")
+    parser.add_argument(
+        "image",
+        nargs="?",
+        default=None,
+        help="image file to open (default: the bundled 'cell' sample)",
+    )
+    parser.add_argument(
+        "--sample",
+        choices=("cell", "ihc"),
+        default="cell",
+        help="sample to open when no image is given (default: cell)",
+    )
+    parser.add_argument(
+        "--model", default=None, help="weights name or checkpoint path to preselect in the widget"
+    )
     return parser
 
 

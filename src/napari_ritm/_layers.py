@@ -190,9 +190,7 @@ def current_plane(viewer: napari.Viewer, layer: Any, channel_axis: int | None = 
     return Plane(shape, row_axis, col_axis, tuple(index))
 
 
-def image_plane(
-    layer: Any, plane: Plane, channel_axis: int | None = None
-) -> np.ndarray:
+def image_plane(layer: Any, plane: Plane, channel_axis: int | None = None) -> np.ndarray:
     """The displayed plane of an Image layer as an array view (no copy for NumPy data).
 
     Returns:

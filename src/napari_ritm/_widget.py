@@ -85,6 +85,12 @@ KEYS = {
 #: A press that moves more than this many screen pixels before release is a pan, not a click.
 CLICK_TOLERANCE_PX = 3.0
 NEW_LABELS = "<new labels layer>"
+#: (label, ClickSession dtype); only float32 reproduces RITM exactly (docs/performance.md)
+PRECISION_CHOICES = [
+    ("float32 (exact)", "float32"),
+    ("bfloat16 (fast CPU)", "bfloat16"),
+    ("float16 (GPU)", "float16"),
+]
 
 _WIDGETS: weakref.WeakKeyDictionary[Any, RitmWidget] = weakref.WeakKeyDictionary()
 
@@ -143,21 +149,31 @@ class RitmWidget(Container):
         self.runner = LatestRunner(self._on_result, self._on_busy, progress_desc="RITM")
 
         # --- model ---------------------------------------------------------------------------
-        self.model = ComboBox(label="model", choices=_model_choices(), tooltip=(
-            "Weights from the registry (downloaded on first use), or a checkpoint file added below"
-        ))
+        self.model = ComboBox(
+            label="model",
+            choices=_model_choices(),
+            tooltip=(
+                "Weights from the registry (downloaded on first use), or a checkpoint file added "
+                "below"
+            ),
+        )
         self.model_file = FileEdit(label="or checkpoint", mode="r", filter="*.pth *.pt")
         self.device = ComboBox(label="device", choices=_device_choices())
         self.load_button = PushButton(text="Load model")
         # --- layers --------------------------------------------------------------------------
         self.image = ComboBox(label="image", choices=self._image_choices)
-        self.channels_first = CheckBox(text="first axis is channels", value=False, tooltip=(
-            "The image layer holds channels along its first axis (C, [Z,] Y, X)"
-        ))
+        self.channels_first = CheckBox(
+            text="first axis is channels",
+            value=False,
+            tooltip=("The image layer holds channels along its first axis (C, [Z,] Y, X)"),
+        )
         self.channel = ComboBox(label="channel", choices=self._channel_choices)
-        self.use_contrast = CheckBox(text="normalize with displayed contrast", value=True,
-                                     tooltip="Use the image layer's contrast limits (what you see)"
-                                             " for uint16/float images; off: 1-99.8 percentiles")
+        self.use_contrast = CheckBox(
+            text="normalize with displayed contrast",
+            value=True,
+            tooltip="Use the image layer's contrast limits (what you see)"
+            " for uint16/float images; off: 1-99.8 percentiles",
+        )
         self.labels = ComboBox(label="labels", choices=self._labels_choices)
         self.label_id = SpinBox(label="label ID", value=1, min=1, max=2**31 - 1)
         self.overwrite = CheckBox(text="overwrite other labels", value=False)
@@ -165,10 +181,21 @@ class RitmWidget(Container):
         self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01)
         self.zoom_in = CheckBox(text="zoom-in", value=True)
         self.flip = CheckBox(text="flip augmentation", value=True)
-        self.click_mode = CheckBox(text="click mode", value=True, tooltip=(
-            "left click: positive, right or Ctrl+left click: negative, Shift+left: refine the "
-            "label under the cursor (active layer in pan/zoom mode)"
-        ))
+        self.precision = ComboBox(
+            label="precision",
+            choices=PRECISION_CHOICES,
+            value="float32",
+            tooltip="float32: exact RITM outputs. bfloat16 (CPUs with AMX/AVX512-BF16) or "
+            "float16 (GPUs): faster clicks, slightly different probabilities",
+        )
+        self.click_mode = CheckBox(
+            text="click mode",
+            value=True,
+            tooltip=(
+                "left click: positive, right or Ctrl+left click: negative, Shift+left: refine the "
+                "label under the cursor (active layer in pan/zoom mode)"
+            ),
+        )
         # --- actions -------------------------------------------------------------------------
         self.finish_button = PushButton(text="Finish object [N]")
         self.undo_button = PushButton(text="Undo click [U]")
@@ -177,14 +204,33 @@ class RitmWidget(Container):
         self.refine_button = PushButton(text="Refine selected label")
         self.propagate_button = PushButton(text="Propagate to next slice [Shift+N]")
         self.status = Label(value="ready")
-        self.extend([
-            self.model, self.model_file, self.device, self.load_button,
-            self.image, self.channels_first, self.channel, self.use_contrast,
-            self.labels, self.label_id, self.overwrite,
-            self.threshold, self.zoom_in, self.flip, self.click_mode,
-            self.finish_button, self.undo_button, self.redo_button, self.reset_button,
-            self.refine_button, self.propagate_button, self.status,
-        ])
+        self.extend(
+            [
+                self.model,
+                self.model_file,
+                self.device,
+                self.load_button,
+                self.image,
+                self.channels_first,
+                self.channel,
+                self.use_contrast,
+                self.labels,
+                self.label_id,
+                self.overwrite,
+                self.threshold,
+                self.zoom_in,
+                self.flip,
+                self.precision,
+                self.click_mode,
+                self.finish_button,
+                self.undo_button,
+                self.redo_button,
+                self.reset_button,
+                self.refine_button,
+                self.propagate_button,
+                self.status,
+            ]
+        )
 
         # state of the object in progress
         self._positive: Points | None = None
@@ -203,7 +249,7 @@ class RitmWidget(Container):
         # wiring
         self.load_button.changed.connect(self.load_model)
         self.model_file.changed.connect(self._on_model_file)
-        for w in (self.model, self.device, self.zoom_in, self.flip):
+        for w in (self.model, self.device, self.zoom_in, self.flip, self.precision):
             w.changed.connect(self._on_options_changed)
         self.image.changed.connect(self._on_image_changed)
         self.channels_first.changed.connect(self._on_image_changed)
@@ -372,14 +418,23 @@ class RitmWidget(Container):
             n if a in (plane.row_axis, plane.col_axis) else 1 for a, n in enumerate(plane.shape)
         )
         offset = translate + scale * np.array(
-            [0 if a in (plane.row_axis, plane.col_axis) else plane.index[a]
-             for a in range(plane.ndim)], dtype=float)
+            [
+                0 if a in (plane.row_axis, plane.col_axis) else plane.index[a]
+                for a in range(plane.ndim)
+            ],
+            dtype=float,
+        )
         layer = self._preview
         if layer is None or layer.data.shape != shape:
             if layer is not None:
                 self.viewer.layers.remove(layer)
-            layer = Labels(np.zeros(shape, dtype=np.uint8), name=PREVIEW_NAME, opacity=0.5,
-                           scale=scale, translate=offset)
+            layer = Labels(
+                np.zeros(shape, dtype=np.uint8),
+                name=PREVIEW_NAME,
+                opacity=0.5,
+                scale=scale,
+                translate=offset,
+            )
             layer.colormap = _preview_colormap()
             self._preview = layer
             active = self.viewer.layers.selection.active
@@ -416,8 +471,12 @@ class RitmWidget(Container):
             # uint16 halves the memory of very large stacks; uint32 otherwise
             dtype = np.uint16 if np.prod(shape, dtype=np.int64) > 2**26 else np.uint32
             scale, translate = self._spatial_transform(image)
-            layer = Labels(np.zeros(shape, dtype=dtype), name=f"{image.name} labels",
-                           scale=scale, translate=translate)
+            layer = Labels(
+                np.zeros(shape, dtype=dtype),
+                name=f"{image.name} labels",
+                scale=scale,
+                translate=translate,
+            )
             active = self.viewer.layers.selection.active
             self.viewer.layers.append(layer)
             if active is not None and active in self.viewer.layers:
@@ -470,13 +529,19 @@ class RitmWidget(Container):
             contrast = tuple(float(v) for v in image.contrast_limits)
         channel = self.channel.value if self.channel_axis is not None else None
         rgb = bool(image.rgb)
-        key = (id(image), image.data.shape, plane.key, plane.row_axis, plane.col_axis,
-               self.channel_axis, channel, contrast, id(prior[1]) if prior else None)
+        key = (
+            id(image),
+            image.data.shape,
+            plane.key,
+            plane.row_axis,
+            plane.col_axis,
+            self.channel_axis,
+            channel,
+            contrast,
+            id(prior[1]) if prior else None,
+        )
         return Request(
-            model=str(self.model.value) if self.model.value is not None else "",
-            device=self.device.value,
-            zoom_in=bool(self.zoom_in.value),
-            flip=bool(self.flip.value),
+            **self._model_options(),
             image_key=key,
             image=array,
             contrast_limits=contrast,
@@ -516,10 +581,18 @@ class RitmWidget(Container):
         if not self.model.value:
             self._warn("no model chosen; pick one in 'model' or choose a checkpoint file")
             return None
-        request = Request(model=str(self.model.value), device=self.device.value,
-                          zoom_in=bool(self.zoom_in.value), flip=bool(self.flip.value),
-                          image_key=None, image=None)
+        request = Request(**self._model_options(), image_key=None, image=None)
         return self.runner.submit(lambda r=request: self.engine.run(r))
+
+    def _model_options(self) -> dict[str, Any]:
+        """The Request fields that choose the model and how the session runs it."""
+        return {
+            "model": str(self.model.value) if self.model.value is not None else "",
+            "device": self.device.value,
+            "zoom_in": bool(self.zoom_in.value),
+            "flip": bool(self.flip.value),
+            "precision": str(self.precision.value),
+        }
 
     def _on_result(self, result: Result) -> None:
         if result.error is not None:
@@ -533,9 +606,7 @@ class RitmWidget(Container):
         self._probs = result.probs
         self._probs_request = result.request
         t = result.timings
-        self.status.value = (
-            f"{len(result.request.clicks)} click(s), {t.get('predict', 0.0):.2f} s"
-        )
+        self.status.value = f"{len(result.request.clicks)} click(s), {t.get('predict', 0.0):.2f} s"
         self._redraw_preview()
 
     def _on_busy(self, busy: bool) -> None:
@@ -591,8 +662,12 @@ class RitmWidget(Container):
         if request is None:
             return False
         held = self._probs_request
-        return held.image_key == request.image_key and held.clicks == request.clicks and (
-            held.model, held.zoom_in, held.flip) == (request.model, request.zoom_in, request.flip)
+        return (
+            held.image_key == request.image_key
+            and held.clicks == request.clicks
+            and (held.model, held.zoom_in, held.flip, held.precision)
+            == (request.model, request.zoom_in, request.flip, request.precision)
+        )
 
     def _redraw_preview(self, event: Any = None) -> None:
         if self._probs is None or self._probs_request is None:
@@ -805,20 +880,25 @@ class RitmWidget(Container):
         mask = self.mask
         assert mask is not None  # checked by _current_result_valid
         if not mask.any():
-            self._warn(f"the object is empty at threshold {self.threshold.value:.2f}: nothing "
-                       "written; add positive clicks or lower the threshold")
+            self._warn(
+                f"the object is empty at threshold {self.threshold.value:.2f}: nothing "
+                "written; add positive clicks or lower the threshold"
+            )
             return None
         prior = self._priors.get(plane.key)
         label_id = int(prior[0]) if prior is not None else int(self.label_id.value)
         replace = label_id if prior is not None else None
         max_id = np.iinfo(labels.data.dtype).max if labels.data.dtype.kind in "ui" else 2**31 - 1
         if label_id > max_id:
-            self._warn(f"label ID {label_id} does not fit the labels layer's {labels.data.dtype}; "
-                       "use a smaller ID")
+            self._warn(
+                f"label ID {label_id} does not fit the labels layer's {labels.data.dtype}; "
+                "use a smaller ID"
+            )
             return None
         labels_plane = np.asarray(labels.data[plane.data_index()])
-        set_rc, clear_rc = commit_indices(labels_plane, mask, label_id,
-                                          overwrite=bool(self.overwrite.value), replace=replace)
+        set_rc, clear_rc = commit_indices(
+            labels_plane, mask, label_id, overwrite=bool(self.overwrite.value), replace=replace
+        )
         with labels.block_history():  # one napari undo step for the whole commit
             if len(set_rc[0]):
                 labels.data_setitem(plane.nd_indices(*set_rc), label_id)
@@ -859,8 +939,9 @@ class RitmWidget(Container):
         index[plane.row_axis], index[plane.col_axis] = row, col
         value = int(labels.data[tuple(index)])
         if value == 0:
-            self._warn("Shift+click on an object of the labels layer to refine it (this is "
-                       "background)")
+            self._warn(
+                "Shift+click on an object of the labels layer to refine it (this is background)"
+            )
             return
         self.refine_label(value, plane)
 

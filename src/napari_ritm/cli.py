@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the subsets (0)")
     ev.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in test-time crop")
     ev.add_argument("--no-flip", action="store_true", help="disable horizontal-flip averaging")
+    ev.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="compute dtype: float32 (exact RITM), bfloat16 (CPU) or float16 (GPU) (float32)",
+    )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -144,11 +150,17 @@ def _load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
     from napari_ritm.session import ClickSession
 
     session = ClickSession(
-        model, zoom_in=not args.no_zoom_in, flip=not args.no_flip, device=args.device
+        model,
+        zoom_in=not args.no_zoom_in,
+        flip=not args.no_flip,
+        device=args.device,
+        dtype=args.precision,
     )
     display = str(name) if name is not None else "model"
     if Path(display).suffix and Path(display).is_file():
         display = Path(display).name
+    if args.precision != "float32":
+        display += f" ({args.precision})"
     return session, display
 
 

@@ -140,12 +140,24 @@ class WeightsSpec:
 
 
 def _official(
-    name: str, file_name: str, variant: str, train_data: str, description: str, size: str,
-    *, with_prev_mask: bool = True, aliases: tuple[str, ...] = (),
+    name: str,
+    file_name: str,
+    variant: str,
+    train_data: str,
+    description: str,
+    size: str,
+    *,
+    with_prev_mask: bool = True,
+    aliases: tuple[str, ...] = (),
 ) -> WeightsSpec:
     return WeightsSpec(
-        name=name, file_name=file_name, variant=variant, with_prev_mask=with_prev_mask,
-        train_data=train_data, description=description, size=size,
+        name=name,
+        file_name=file_name,
+        variant=variant,
+        with_prev_mask=with_prev_mask,
+        train_data=train_data,
+        description=description,
+        size=size,
         # The release assets publish no checksums, so none is known (size is checked instead).
         sha256=None,
         # Code and released weights of saic-vul/ritm_interactive_segmentation are MIT-licensed.
@@ -159,34 +171,59 @@ WEIGHTS: dict[str, WeightsSpec] = {
     s.name: s
     for s in (
         _official(
-            "hrnet18s.cocolvis_itermask", "coco_lvis_h18s_itermask.pth", "hrnet18s", "COCO+LVIS",
-            "HRNet18s+OCR, iterative training with mask guidance (ITER-M)", "16.5 MB",
+            "hrnet18s.cocolvis_itermask",
+            "coco_lvis_h18s_itermask.pth",
+            "hrnet18s",
+            "COCO+LVIS",
+            "HRNet18s+OCR, iterative training with mask guidance (ITER-M)",
+            "16.5 MB",
             aliases=("hrnet18s",),
         ),
         _official(
-            "hrnet18.cocolvis_itermask", "coco_lvis_h18_itermask.pth", "hrnet18", "COCO+LVIS",
-            "HRNet18+OCR, iterative training with mask guidance (ITER-M)", "38.8 MB",
+            "hrnet18.cocolvis_itermask",
+            "coco_lvis_h18_itermask.pth",
+            "hrnet18",
+            "COCO+LVIS",
+            "HRNet18+OCR, iterative training with mask guidance (ITER-M)",
+            "38.8 MB",
             aliases=("hrnet18",),
         ),
         _official(
-            "hrnet32.cocolvis_itermask", "coco_lvis_h32_itermask.pth", "hrnet32", "COCO+LVIS",
-            "HRNet32+OCR, iterative training with mask guidance (ITER-M)", "119 MB",
+            "hrnet32.cocolvis_itermask",
+            "coco_lvis_h32_itermask.pth",
+            "hrnet32",
+            "COCO+LVIS",
+            "HRNet32+OCR, iterative training with mask guidance (ITER-M)",
+            "119 MB",
             aliases=("hrnet32",),
         ),
         _official(
-            "hrnet18.sbd_itermask", "sbd_h18_itermask.pth", "hrnet18", "SBD",
-            "HRNet18+OCR, ITER-M, trained on SBD only", "38.8 MB",
+            "hrnet18.sbd_itermask",
+            "sbd_h18_itermask.pth",
+            "hrnet18",
+            "SBD",
+            "HRNet18+OCR, ITER-M, trained on SBD only",
+            "38.8 MB",
         ),
         _official(
-            "hrnet18.cocolvis_baseline", "coco_lvis_h18_baseline.pth", "hrnet18", "COCO+LVIS",
-            "HRNet18+OCR, non-iterative baseline (no previous-mask input)", "38.8 MB",
+            "hrnet18.cocolvis_baseline",
+            "coco_lvis_h18_baseline.pth",
+            "hrnet18",
+            "COCO+LVIS",
+            "HRNet18+OCR, non-iterative baseline (no previous-mask input)",
+            "38.8 MB",
             with_prev_mask=False,
         ),
         WeightsSpec(
-            name=DEFAULT_MODEL, file_name="nuclei_hrnet18s.pth", variant="hrnet18s",
-            with_prev_mask=True, train_data="COCO+LVIS weights fine-tuned on microscopy",
+            name=DEFAULT_MODEL,
+            file_name="nuclei_hrnet18s.pth",
+            variant="hrnet18s",
+            with_prev_mask=True,
+            train_data="COCO+LVIS weights fine-tuned on microscopy",
             description="napari-ritm default model for cells and nuclei (ships with the package)",
-            kind="shipped", license="MIT", aliases=("default", "nuclei"),
+            kind="shipped",
+            license="MIT",
+            aliases=("default", "nuclei"),
         ),
     )
 }
@@ -381,6 +418,7 @@ def _make_reporter(
 ) -> tuple[Callable[[int, int], None], Callable[[], None]]:
     """Adapt ``progress`` into (update(done, total), close()) callables."""
     if callable(progress):
+
         def update(done: int, total: int) -> None:
             progress(done, total, f"downloading {label}")
 
@@ -395,8 +433,15 @@ def _make_reporter(
     def update_bar(done: int, total: int) -> None:
         if not bar:
             bar.append(
-                tqdm(total=total or None, initial=done, unit="B", unit_scale=True,
-                     desc=label, file=sys.stderr, leave=True)
+                tqdm(
+                    total=total or None,
+                    initial=done,
+                    unit="B",
+                    unit_scale=True,
+                    desc=label,
+                    file=sys.stderr,
+                    leave=True,
+                )
             )
         else:
             bar[0].update(done - bar[0].n)
@@ -593,7 +638,10 @@ def fetch_weights(
         try:
             with _quiet_pooch():
                 path = pooch.retrieve(
-                    url, known_hash=known_hash, fname=dest.name, path=dest.parent,
+                    url,
+                    known_hash=known_hash,
+                    fname=dest.name,
+                    path=dest.parent,
                     downloader=downloader,
                 )
             logger.info("weights %s ready at %s", spec.name, path)
@@ -614,8 +662,13 @@ def fetch_weights(
             reason = getattr(exc, "reason", None) or exc
             if attempt == attempts - 1:
                 raise _download_error(spec, url, dest, part, str(reason)) from exc
-            logger.warning("download of %s failed (%s); attempt %d of %d next",
-                           url, reason, attempt + 2, attempts)
+            logger.warning(
+                "download of %s failed (%s); attempt %d of %d next",
+                url,
+                reason,
+                attempt + 2,
+                attempts,
+            )
         time.sleep(_RETRY_WAIT_S * (attempt + 1))  # short back-off before resuming
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -737,11 +790,21 @@ def list_weights() -> list[WeightsInfo]:
             status = "cached" if cached else "not downloaded"
         infos.append(
             WeightsInfo(
-                name=spec.name, kind=spec.kind, variant=spec.variant, cached=cached,
-                status=status, path=path, url=spec.download_url(), aliases=spec.aliases,
+                name=spec.name,
+                kind=spec.kind,
+                variant=spec.variant,
+                cached=cached,
+                status=status,
+                path=path,
+                url=spec.download_url(),
+                aliases=spec.aliases,
                 description=spec.description,
-                extra={"train_data": spec.train_data, "size": spec.size,
-                       "license": spec.license, "sha256": spec.sha256},
+                extra={
+                    "train_data": spec.train_data,
+                    "size": spec.size,
+                    "license": spec.license,
+                    "sha256": spec.sha256,
+                },
             )
         )
     folder = _imported_dir()
@@ -756,9 +819,14 @@ def list_weights() -> list[WeightsInfo]:
                     logger.warning("ignoring unreadable %s", sidecar)
             infos.append(
                 WeightsInfo(
-                    name=path.stem, kind="imported", variant=str(record.get("variant", "unknown")),
-                    cached=True, status="imported", path=path,
-                    description=f"imported from {record.get('source', '?')}", extra=record,
+                    name=path.stem,
+                    kind="imported",
+                    variant=str(record.get("variant", "unknown")),
+                    cached=True,
+                    status="imported",
+                    path=path,
+                    description=f"imported from {record.get('source', '?')}",
+                    extra=record,
                 )
             )
     return infos
@@ -842,8 +910,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
     p_fetch = actions.add_parser("fetch", help="download official weights into the cache")
     p_fetch.add_argument("name", help="registry name or alias, e.g. hrnet18s")
-    p_fetch.add_argument("--base-url", default=None,
-                         help=f"download from this folder URL (default: ${URL_ENV} or the release)")
+    p_fetch.add_argument(
+        "--base-url",
+        default=None,
+        help=f"download from this folder URL (default: ${URL_ENV} or the release)",
+    )
     p_fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     p_fetch.set_defaults(func=_cmd_fetch)
 

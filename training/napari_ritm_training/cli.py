@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def progress(done: int, total: int, message: str) -> None:
             nonlocal bar
             if bar is None:  # created on the first step, after data loading messages
-                bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+                # initial = the resumed position, so the rate and ETA count this run's steps only
+                bar = tqdm(total=total, initial=max(done - 1, 0), unit="step", dynamic_ncols=True)
             if bar.total != total:
                 bar.total = total
             bar.n = done

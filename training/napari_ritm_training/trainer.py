@@ -22,6 +22,7 @@ draws exactly the same batches, clicks and dropout masks as an uninterrupted one
 
 from __future__ import annotations
 
+import bisect
 import csv
 import dataclasses
 import datetime as _dt
@@ -36,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,8 +431,11 @@ class Trainer:
             except Exception as exc:  # corrupted or foreign file
                 raise CheckpointError(f"cannot read the resume state {state_path}: {exc}") from exc
             saved = TrainConfig.from_dict(state["config"])
-            # Only the length and the machine may change on resume; everything else is the run's.
+            # Only the length, the learning-rate schedule and the machine may change on resume;
+            # everything else is the run's.
             saved.epochs = cfg.epochs or saved.epochs  # 0 keeps the stored number of epochs
+            if cfg.milestones is not None:
+                saved.milestones = list(cfg.milestones)
             saved.device, saved.threads, saved.amp = cfg.device, cfg.threads, cfg.amp
             saved.out, saved.resume = cfg.out, True
             if cfg.variant is not None and cfg.variant != saved.variant:
@@ -621,6 +626,9 @@ class Trainer:
             st = self._resume_state
             self.optimizer.load_state_dict(st["optimizer"])
             self.scheduler.load_state_dict(st["scheduler"])
+            # The stored scheduler carries the old milestones; the (possibly new) config rules.
+            self.scheduler.milestones = Counter(cfg.milestones)
+            self._apply_scheduled_lr(int(st["epoch"]))
             if self.use_amp and st.get("scaler"):
                 self.scaler.load_state_dict(st["scaler"])
             self.start_epoch = int(st["epoch"])
@@ -842,6 +850,12 @@ class Trainer:
             self.model, self.run_dir / name, metadata=self._metadata(epoch, iteration, metrics)
         )
 
+    def _apply_scheduled_lr(self, epoch: int) -> None:
+        """Set each parameter group's learning rate to what the schedule gives for ``epoch``."""
+        drops = bisect.bisect_right(sorted(self.config.milestones), epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * self.config.lr_gamma**drops
+
     def save_resume(self, epoch: int, iteration: int) -> Path:
         """Everything needed to continue: weights, optimiser, scheduler, position, RNG."""
         assert self.model is not None
@@ -1017,6 +1031,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, sums: dict[str, float], steps: int, seconds: float) -> None:
         cfg = self.config
+        epoch_lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
         self.scheduler.step()
         self._sync_buffers()
         means = {k: v / max(steps, 1) for k, v in sums.items()}
@@ -1041,7 +1056,7 @@ class Trainer:
             "epoch": epoch + 1,
             "step": (epoch + 1) * cfg.iters_per_epoch,
             "samples": (epoch + 1) * cfg.iters_per_epoch * cfg.batch_size,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": epoch_lr,
             "loss": means.get("loss"),
             "nfl": means.get("nfl"),
             "bce_aux": means.get("bce_aux"),

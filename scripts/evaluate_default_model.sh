@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduces the tables and plots of docs/accuracy.md: one `napari-ritm evaluate --baseline` run
+# (model and GrabCut baseline on the same clicks) on each held-out microscopy set of the default
+# model's training run and on the GrabCut benchmark, 20 clicks, standard clicker.
+#   bash scripts/evaluate_default_model.sh            # MODEL, RUN, OUT and DATA may be overridden
+# Writes OUT/<set>.json (metrics), OUT/<set>.png (mIoU against clicks) and OUT/<set>.txt (table).
+# LIMIT (default 60) caps the objects per set (a seeded random subset) to keep a 2-core CPU run
+# under half an hour; SETS limits the run to some sets by folder name (default: all).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODEL=${MODEL:-napari-ritm.nuclei}
+RUN=${RUN:-training/runs/default-nuclei}
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs/accuracy}
+LIMIT=${LIMIT:-60}
+SETS=${SETS:-}
+mkdir -p "$OUT"
+.venv/bin/python scripts/make_holdout.py "$RUN" "$OUT/holdout" --data "$DATA/microscopy"
+sets=("$OUT"/holdout/*/ "$DATA/benchmarks/GrabCut/")
+for folder in "${sets[@]}"; do
+  name=$(basename "$folder")
+  [[ -z $SETS || " $SETS " == *" $name "* ]] || continue
+  echo "== $name"
+  .venv/bin/napari-ritm evaluate --model "$MODEL" --dataset "$folder" --max-clicks 20 --limit "$LIMIT" --baseline \
+    --json "$OUT/$name.json" --plot "$OUT/$name.png" --per-sample "$OUT/$name.samples.json" \
+    --no-progress "$@" | tee "$OUT/$name.txt"
+done
