@@ -37,6 +37,8 @@ def stage_record(run_dir: Path) -> dict:
     """Command, length and time of one napari-ritm-finetune run folder."""
     config = json.loads((run_dir / "config.json").read_text())
     rows = json.loads((run_dir / "log.json").read_text())
+    if not rows:
+        raise SystemExit(f"{run_dir} has no finished epoch in log.json: not a training stage")
     seconds = sum(r.get("train_seconds") or 0.0 for r in rows)
     seconds += sum(r.get("val_seconds") or 0.0 for r in rows)
     return {
@@ -44,7 +46,7 @@ def stage_record(run_dir: Path) -> dict:
         "command": config["command"],
         "init": config.get("init"),
         "epochs": len(rows),
-        "iterations": rows[-1]["step"] if rows else 0,
+        "iterations": rows[-1]["step"],
         "batch_size": config["config"]["batch_size"],
         "hours": round(seconds / 3600, 2),
         "last_validation": {k: v for k, v in rows[-1].items() if k.startswith("val_")},
