@@ -16,7 +16,8 @@ sequence (made by the evaluation clicker on one nucleus) is replayed through:
 Reported per configuration: first-click latency, median and p90 of the following clicks, the
 ratio of each to the baseline in the same run, and the peak resident memory (CPU) or peak CUDA
 memory above what the process held with the image already loaded. Accuracy: NoC@85/90 of every
-configuration on a few samples of a shared data set (``napari_ritm.evaluation``), so that no
+configuration on a few samples of a shared data set (``napari_ritm.evaluation.evaluator``), so that
+no
 speed-up silently costs accuracy.
 
 Each measurement runs in its own subprocess (clean peak-memory numbers, no cross-talk), unless
@@ -103,7 +104,7 @@ class ReferencePredictor:
     def __init__(self, model: Any, *, zoom_in: bool = True, flip: bool = True) -> None:
         import torch
 
-        from napari_ritm.transforms import HorizontalFlip, ZoomIn
+        from napari_ritm.inference.transforms import HorizontalFlip, ZoomIn
 
         self.model = model.eval()
         self.device = next(model.parameters()).device
@@ -115,7 +116,7 @@ class ReferencePredictor:
         self.clicks: list = []
 
     def set_image(self, image: np.ndarray) -> None:
-        from napari_ritm.preprocess import prepare_image
+        from napari_ritm.inference.preprocess import prepare_image
 
         rgb, _ = prepare_image(image)
         t = self._torch.from_numpy(rgb).permute(2, 0, 1).contiguous()[None]
@@ -131,8 +132,8 @@ class ReferencePredictor:
         self.clicks = []
 
     def add_click(self, row: float, col: float, positive: bool = True) -> np.ndarray:
-        from napari_ritm.clicks import Click
-        from napari_ritm.session import build_points
+        from napari_ritm.inference.clicks import Click
+        from napari_ritm.inference.session import build_points
 
         torch = self._torch
         self.clicks.append(Click(float(row), float(col), bool(positive)))
@@ -170,7 +171,7 @@ def _load_model(variant: str, model_path: str | None, device: str) -> tuple[Any,
 
 
 def _make_predictor(config: str, model: Any, device: str) -> Any:
-    from napari_ritm.session import ClickSession
+    from napari_ritm.inference.session import ClickSession
 
     if config == "baseline":
         return ReferencePredictor(model)
@@ -230,7 +231,7 @@ class _PeakMemory:
 
 def _clicker_sequence(predictor: Any, image: np.ndarray, gt: np.ndarray, n: int) -> list:
     """``n`` clicks from the evaluation clicker (looking at a box around the object)."""
-    from napari_ritm.clicks import next_click
+    from napari_ritm.inference.clicks import next_click
 
     rows, cols = np.nonzero(gt == 1)
     h, w = gt.shape
@@ -314,8 +315,8 @@ def noc_check(
     """NoC@85/90 and final mIoU of each configuration on the first samples of ``data``."""
     import torch
 
-    from napari_ritm.datasets import load_dataset
-    from napari_ritm.evaluation import evaluate_dataset
+    from napari_ritm.evaluation.datasets import load_dataset
+    from napari_ritm.evaluation.evaluator import evaluate_dataset
     from napari_ritm.model import infer_architecture
 
     torch.set_num_threads(threads)
@@ -410,7 +411,7 @@ def format_tables(results: list[dict[str, Any]], noc: list[dict[str, Any]]) -> s
 
 
 def _default_model() -> str | None:
-    shipped = sorted((REPO / "src" / "napari_ritm" / "checkpoints").glob("*.pth"))
+    shipped = sorted((REPO / "src" / "napari_ritm" / "weights" / "checkpoints").glob("*.pth"))
     if shipped:
         return str(shipped[0])
     conf = os.environ.get("RITM_CONFORMANCE_DIR")

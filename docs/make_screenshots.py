@@ -78,7 +78,7 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_ritm._launch import open_viewer
+    from napari_ritm.napari.launch import open_viewer
     from napari_ritm.weights import DEFAULT_MODEL
 
     model = args.model or DEFAULT_MODEL
@@ -110,7 +110,7 @@ def main() -> None:
     if (SHARED / "images" / "nuclei.tif").is_file():
         import tifffile
 
-        from napari_ritm._widget import RitmWidget
+        from napari_ritm.napari.widget import RitmWidget
 
         volume = tifffile.imread(SHARED / "images" / "nuclei.tif")
         labels = tifffile.imread(SHARED / "labels" / "nuclei_label.tif")

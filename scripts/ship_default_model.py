@@ -19,7 +19,9 @@ from pathlib import Path
 
 from napari_ritm.model import load_checkpoint, save_checkpoint
 
-DEST = Path(__file__).resolve().parents[1] / "src/napari_ritm/checkpoints/nuclei_hrnet18s.pth"
+DEST = (
+    Path(__file__).resolve().parents[1] / "src/napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth"
+)
 
 
 def _cpu_name() -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ritm.baseline import GrabCutBaseline
-from napari_ritm.clicks import iou
 from napari_ritm.errors import ImageFormatError
-from napari_ritm.evaluation import NOC90_THRESHOLD, InteractivePredictor, evaluate_sample
+from napari_ritm.evaluation.baseline import GrabCutBaseline
+from napari_ritm.evaluation.evaluator import NOC90_THRESHOLD, InteractivePredictor, evaluate_sample
+from napari_ritm.inference.clicks import iou
 
 
 def _disk(shape, centre, radius) -> np.ndarray:

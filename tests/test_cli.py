@@ -141,7 +141,7 @@ def test_weights_subcommand_registered() -> None:
 
 def test_view_forwards_arguments(monkeypatch) -> None:
     calls = []
-    fake = types.ModuleType("napari_ritm._launch")
+    fake = types.ModuleType("napari_ritm.napari.launch")
 
     def fake_build_parser(parser):
         parser.add_argument("image", nargs="?")
@@ -150,7 +150,7 @@ def test_view_forwards_arguments(monkeypatch) -> None:
 
     fake.build_parser = fake_build_parser
     fake.main = lambda argv: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "napari_ritm._launch", fake)
+    monkeypatch.setitem(sys.modules, "napari_ritm.napari.launch", fake)
     assert main(["view", "cells.tif", "--model", "hrnet18s"]) == 0
     assert calls == [["cells.tif", "--model", "hrnet18s"]]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import load_npz
 
-from napari_ritm.clicks import Click, error_masks, iou, next_click
 from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.inference.clicks import Click, error_masks, iou, next_click
 
 
 def _clicks_from_rows(rows: np.ndarray) -> list[Click]:

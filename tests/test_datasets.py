@@ -11,7 +11,8 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from napari_ritm.datasets import (
+from napari_ritm.errors import DatasetError
+from napari_ritm.evaluation.datasets import (
     Dataset,
     Sample,
     encode_benchmark_mask,
@@ -19,7 +20,6 @@ from napari_ritm.datasets import (
     read_image,
     read_mask,
 )
-from napari_ritm.errors import DatasetError
 
 MIN_AREA = 50
 

@@ -10,10 +10,10 @@ import torch
 from scipy import ndimage
 
 from napari_ritm import weights
-from napari_ritm.clicks import iou
-from napari_ritm.datasets import load_dataset
+from napari_ritm.evaluation.datasets import load_dataset
+from napari_ritm.inference.clicks import iou
+from napari_ritm.inference.session import ClickSession
 from napari_ritm.model import load_checkpoint
-from napari_ritm.session import ClickSession
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_one_click_on_the_bundled_cell_sample(default_checkpoint):
     """The launch command's sample: one click at the cell's centre gives the whole cell."""
     from skimage.filters import gaussian, threshold_otsu
 
-    from napari_ritm._sample_data import load_bundled
+    from napari_ritm.napari.sample_data import load_bundled
 
     image = load_bundled("cell.png")
     # Reference outline: the bright cell body (smoothed, Otsu), the component under the click.

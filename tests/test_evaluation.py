@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_ritm.clicks import iou
 from napari_ritm.errors import ImageFormatError, RitmError
-from napari_ritm.evaluation import (
+from napari_ritm.evaluation.evaluator import (
     NOC85_THRESHOLD,
     NOC90_THRESHOLD,
     SUMMARY_KEYS,
@@ -24,6 +23,7 @@ from napari_ritm.evaluation import (
     number_of_clicks,
     plot_miou,
 )
+from napari_ritm.inference.clicks import iou
 
 
 class PerfectPredictor:

@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import REPO_ROOT, load_npz
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import RitmError
+from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.session import ClickSession
 from napari_ritm.model import ISModel, build_model
 from napari_ritm.model.inference import FastISModel, fold_batchnorm
-from napari_ritm.session import ClickSession
 
 
 def _n_batchnorm(module: torch.nn.Module) -> int:

@@ -7,7 +7,9 @@ import pytest
 from napari.components import ViewerModel
 from napari.layers import Image, Points
 
-from napari_ritm._layers import (
+from napari_ritm.errors import ImageFormatError
+from napari_ritm.inference.clicks import Click
+from napari_ritm.napari.layers import (
     ORDER,
     Plane,
     assign_click_order,
@@ -19,8 +21,6 @@ from napari_ritm._layers import (
     spatial_shape,
     world_to_spatial,
 )
-from napari_ritm.clicks import Click
-from napari_ritm.errors import ImageFormatError
 
 
 def _points(coords, orders=None):

@@ -58,8 +58,8 @@ def test_wheel_contents(wheel: Path):
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points_text = zf.read(entry_points).decode()
     assert "napari_ritm/__init__.py" in names
-    assert "napari_ritm/weights.py" in names
-    assert "napari_ritm/model/__init__.py" in names
+    for package in ("model", "inference", "evaluation", "weights", "napari"):
+        assert f"napari_ritm/{package}/__init__.py" in names
     assert "napari_ritm_training/__init__.py" in names
     # The manifest is the real file (not a dangling symlink) and equals the repository's.
     assert manifest_text == (REPO_ROOT / "napari.yaml").read_text()
@@ -67,8 +67,8 @@ def test_wheel_contents(wheel: Path):
     assert "napari-ritm = napari_ritm.cli:main" in entry_points_text
     assert "napari-ritm-finetune = napari_ritm_training.cli:main" in entry_points_text
     # Shipped checkpoints (when present in the tree) travel with the package.
-    for ckpt in sorted((REPO_ROOT / "src/napari_ritm/checkpoints").glob("*.pth")):
-        assert f"napari_ritm/checkpoints/{ckpt.name}" in names
+    for ckpt in sorted((REPO_ROOT / "src/napari_ritm/weights/checkpoints").glob("*.pth")):
+        assert f"napari_ritm/weights/checkpoints/{ckpt.name}" in names
     # Nothing that should stay out of a wheel.
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".part"))]
     assert not [n for n in names if n.startswith(("tests/", "shared/", ".venv/"))]

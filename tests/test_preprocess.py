@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_ritm.errors import ImageFormatError
-from napari_ritm.preprocess import (
+from napari_ritm.inference.preprocess import (
     Normalization,
     apply_normalization,
     check_image,

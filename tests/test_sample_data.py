@@ -31,7 +31,7 @@ def no_network(monkeypatch):
 def test_samples_are_real_bundled_images_offline(no_network, func, reference, shape):
     from skimage import data as skdata
 
-    from napari_ritm import _sample_data
+    from napari_ritm.napari import sample_data as _sample_data
 
     layers = getattr(_sample_data, func)()
     assert len(layers) == 1
@@ -45,7 +45,7 @@ def test_samples_are_real_bundled_images_offline(no_network, func, reference, sh
 
 
 def test_missing_bundled_file_is_a_clear_error():
-    from napari_ritm._sample_data import load_bundled
+    from napari_ritm.napari.sample_data import load_bundled
 
     with pytest.raises(FileNotFoundError, match="not bundled"):
         load_bundled("no-such-image.png")
@@ -83,7 +83,7 @@ def test_every_manifest_command_imports():
     for command in _manifest().contributions.commands:
         module_name, attr = command.python_name.split(":")
         if (
-            module_name == "napari_ritm._finetune_widget"
+            module_name == "napari_ritm.napari.finetune_widget"
             and importlib.util.find_spec(module_name) is None
         ):
             pending.append(module_name)  # written by the training helper

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.session import ClickSession, build_points
 from napari_ritm.model import encode_disks
-from napari_ritm.session import ClickSession, build_points
 
 
 class PointwiseModel(nn.Module):
@@ -292,7 +292,7 @@ def test_model_without_prev_mask():
 
 
 def test_device_is_logged(model, caplog):
-    with caplog.at_level(logging.INFO, logger="napari_ritm.session"):
+    with caplog.at_level(logging.INFO, logger="napari_ritm.inference.session"):
         s = ClickSession(model, device="cpu")
     assert s.device == torch.device("cpu")
     assert any("cpu" in r.getMessage() for r in caplog.records)

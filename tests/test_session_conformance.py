@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import load_npz
 
-from napari_ritm.clicks import Click, iou, next_click
-from napari_ritm.session import ClickSession
+from napari_ritm.inference.clicks import Click, iou, next_click
+from napari_ritm.inference.session import ClickSession
 
 pytestmark = pytest.mark.slow
 

@@ -21,11 +21,11 @@ def viewer_with_cells(make_napari_viewer):
 @pytest.mark.gui
 @pytest.mark.slow
 def test_widget_trains_on_layers(viewer_with_cells, qtbot, tmp_path, monkeypatch):
-    from napari_ritm._finetune_widget import SCRATCH, FinetuneWidget
     from napari_ritm.model import load_checkpoint
+    from napari_ritm.napari.finetune_widget import SCRATCH, FinetuneWidget
 
     shown = []
-    monkeypatch.setattr("napari_ritm._finetune_widget.show_info", shown.append)
+    monkeypatch.setattr("napari_ritm.napari.finetune_widget.show_info", shown.append)
     widget = FinetuneWidget(viewer_with_cells)
     assert widget.image.value == "cells" and widget.labels.value == "cells labels"
     widget._on_add_pair()
@@ -49,10 +49,10 @@ def test_widget_trains_on_layers(viewer_with_cells, qtbot, tmp_path, monkeypatch
 
 @pytest.mark.gui
 def test_widget_refuses_to_start_without_data(make_napari_viewer, monkeypatch):
-    from napari_ritm._finetune_widget import FinetuneWidget
+    from napari_ritm.napari.finetune_widget import FinetuneWidget
 
     errors = []
-    monkeypatch.setattr("napari_ritm._finetune_widget.show_error", errors.append)
+    monkeypatch.setattr("napari_ritm.napari.finetune_widget.show_error", errors.append)
     widget = FinetuneWidget(make_napari_viewer())
     widget._on_start()
     assert widget.worker is None

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import RitmError
-from napari_ritm.transforms import (
+from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.transforms import (
     HorizontalFlip,
     LimitLongestSide,
     ZoomIn,

@@ -20,11 +20,11 @@ from napari.utils.interactions import (
     mouse_release_callbacks,
 )
 
-from napari_ritm._engine import PredictionEngine
-from napari_ritm._layers import NEGATIVE_NAME, POSITIVE_NAME
-from napari_ritm._sample_data import load_bundled
-from napari_ritm.clicks import Click
-from napari_ritm.session import ClickSession
+from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.session import ClickSession
+from napari_ritm.napari.engine import PredictionEngine
+from napari_ritm.napari.layers import NEGATIVE_NAME, POSITIVE_NAME
+from napari_ritm.napari.sample_data import load_bundled
 
 pytestmark = pytest.mark.gui
 
@@ -40,13 +40,13 @@ def image2d() -> np.ndarray:
 @pytest.fixture
 def warnings_seen(monkeypatch) -> list[str]:
     seen: list[str] = []
-    monkeypatch.setattr("napari_ritm._widget.show_warning", seen.append)
+    monkeypatch.setattr("napari_ritm.napari.widget.show_warning", seen.append)
     return seen
 
 
 @pytest.fixture
 def make_widget(make_napari_viewer, conformance_model, qtbot):
-    from napari_ritm._widget import RitmWidget
+    from napari_ritm.napari.widget import RitmWidget
 
     def make(image: np.ndarray, **add_kwargs):
         viewer = make_napari_viewer()
@@ -361,7 +361,7 @@ def test_uint16_uses_contrast_limits_and_channels(make_widget, conformance_model
 def test_keys_do_not_clash_with_napari_defaults(make_widget, image2d):
     from napari.utils.shortcuts import _default_shortcuts
 
-    from napari_ritm._widget import KEYS
+    from napari_ritm.napari.widget import KEYS
 
     viewer, _layer, widget = make_widget(image2d)
     defaults = {str(k).lower() for combos in _default_shortcuts.values() for k in combos}
@@ -378,8 +378,8 @@ def test_keys_do_not_clash_with_napari_defaults(make_widget, image2d):
 
 
 def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch):
-    from napari_ritm import _commands
-    from napari_ritm._launch import build_parser, open_viewer
+    from napari_ritm.napari import commands as _commands
+    from napari_ritm.napari.launch import build_parser, open_viewer
 
     assert build_parser().parse_args([]).sample == "cell"
     viewer, widget = open_viewer(sample="cell", model="some-checkpoint.pth")
@@ -389,7 +389,7 @@ def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch):
         assert widget.model.value == "some-checkpoint.pth"
         assert _commands.get_widget(viewer) is widget  # commands act on the docked widget
         seen = []
-        monkeypatch.setattr("napari_ritm._widget.show_warning", seen.append)
+        monkeypatch.setattr("napari_ritm.napari.widget.show_warning", seen.append)
         _commands.finish_object(viewer)
         assert seen and "nothing to finish" in seen[-1]
     finally:

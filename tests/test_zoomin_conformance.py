@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from conftest import load_npz
 
-from napari_ritm.clicks import Click
-from napari_ritm.transforms import ZoomIn, ZoomInState
+from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.transforms import ZoomIn, ZoomInState
 
 
 def test_zoomin_cases_match_reference(conformance_dir):

@@ -12,8 +12,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ClickSession": "napari_ritm.session",
-    "Click": "napari_ritm.clicks",
+    "ClickSession": "napari_ritm.inference.session",
+    "Click": "napari_ritm.inference.clicks",
     "build_model": "napari_ritm.model",
     "load_checkpoint": "napari_ritm.model",
     "save_checkpoint": "napari_ritm.model",

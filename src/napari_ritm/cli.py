@@ -121,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="open napari with the RITM widget",
         description="Open napari with the RITM click-segmentation widget and an image.",
     )
-    if _module_exists("napari_ritm._launch"):
+    if _module_exists("napari_ritm.napari.launch"):
         # the launcher owns its options; importing it is cheap (argparse only)
-        importlib.import_module("napari_ritm._launch").build_parser(view)
+        importlib.import_module("napari_ritm.napari.launch").build_parser(view)
     else:
         view.add_argument("image", nargs="?", default=None, help="image file to open")
     view.set_defaults(func=_cmd_view)
@@ -147,7 +147,7 @@ def _load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
         from napari_ritm.model import load_checkpoint, select_device
 
         model = load_checkpoint(path, device=str(select_device(args.device)))
-    from napari_ritm.session import ClickSession
+    from napari_ritm.inference.session import ClickSession
 
     session = ClickSession(
         model,
@@ -180,7 +180,7 @@ def _progress_bar(enabled: bool, total: int, desc: str) -> tuple[Any, Any]:
 
 
 def _evaluate(predictor: Any, dataset: Any, args: argparse.Namespace, name: str) -> Any:
-    from napari_ritm.evaluation import evaluate_dataset
+    from napari_ritm.evaluation.evaluator import evaluate_dataset
 
     bar, progress = _progress_bar(not args.no_progress, len(dataset), f"{name} on {dataset.name}")
     try:
@@ -199,8 +199,8 @@ def _evaluate(predictor: Any, dataset: Any, args: argparse.Namespace, name: str)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from napari_ritm.datasets import load_dataset
-    from napari_ritm.evaluation import format_table, plot_miou
+    from napari_ritm.evaluation.datasets import load_dataset
+    from napari_ritm.evaluation.evaluator import format_table, plot_miou
 
     if args.max_clicks < 1:
         raise RitmError(f"--max-clicks must be >= 1, got {args.max_clicks}")
@@ -219,7 +219,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         session, name = _load_predictor(args)
         reports.append(_evaluate(session, dataset, args, name))
     if args.baseline or args.baseline_only:
-        from napari_ritm.baseline import GrabCutBaseline
+        from napari_ritm.evaluation.baseline import GrabCutBaseline
 
         reports.append(_evaluate(GrabCutBaseline(), dataset, args, GrabCutBaseline.name))
     print(format_table(reports))
@@ -239,7 +239,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    from napari_ritm.evaluation import _nan_to_none
+    from napari_ritm.evaluation.evaluator import _nan_to_none
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,9 +249,9 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    if not _module_exists("napari_ritm._launch"):
-        raise RitmError("the napari launcher (napari_ritm._launch) is not installed")
-    from napari_ritm._launch import main as launch
+    if not _module_exists("napari_ritm.napari.launch"):
+        raise RitmError("the napari launcher (napari_ritm.napari.launch) is not installed")
+    from napari_ritm.napari.launch import main as launch
 
     # the launcher parses its own arguments: hand it everything after "view"
     return int(launch(list(args.view_argv)) or 0)

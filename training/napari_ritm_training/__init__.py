@@ -1,6 +1,7 @@
 """napari-ritm training package: fine-tune or train RITM models with the reference recipe.
 
-Nothing here imports napari or Qt; the "Fine-tune" widget lives in napari_ritm._finetune_widget.
+Nothing here imports napari or Qt; the "Fine-tune" widget lives in
+napari_ritm.napari.finetune_widget.
 Importing the package is cheap: public names are resolved lazily.
 """
 

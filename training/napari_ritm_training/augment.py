@@ -1,7 +1,7 @@
 """Augmentations of (image, instance labels) training crops.
 
 Images arrive already normalised to float32 in [0, 1] by
-:func:`napari_ritm.preprocess.prepare_image` (done once per image in
+:func:`napari_ritm.inference.preprocess.prepare_image` (done once per image in
 :mod:`napari_ritm_training.data`), so training sees exactly what the plugin feeds the network at
 inference. Grey images are kept with one channel until the end of the pipeline and replicated to
 RGB last, so every intensity augmentation keeps them grey.

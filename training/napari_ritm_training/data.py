@@ -2,7 +2,8 @@
 
 Sources (each becomes an :class:`InstanceDataset` of 2D :class:`TrainImage` planes):
 
-* folders read with :mod:`napari_ritm.datasets` layouts: ``pairs.csv`` (``image,label`` or
+* folders read with :mod:`napari_ritm.evaluation.datasets` layouts: ``pairs.csv`` (``image,label``
+  or
   ``image,mask``), ``images/`` + ``labels/`` matched by name, and the benchmark layout
   ``images/`` + ``masks/`` (binary masks, split into connected components; GrabCut's 128 band
   stays "ignore");
@@ -10,7 +11,8 @@ Sources (each becomes an :class:`InstanceDataset` of 2D :class:`TrainImage` plan
 * arrays passed in directly (napari Image + Labels layers) with :func:`from_arrays`;
 * procedurally generated cells (:mod:`napari_ritm_training.synthetic`).
 
-Every image is normalised once with :func:`napari_ritm.preprocess.prepare_image` (uint8 / 255,
+Every image is normalised once with :func:`napari_ritm.inference.preprocess.prepare_image` (uint8 /
+255,
 other dtypes by their 1st / 99.8th percentiles), exactly as the plugin does at inference; the
 numbers are kept with the image. Grey images are stored with one channel to save memory.
 
@@ -57,7 +59,7 @@ class TrainImage:
         labels: int32 (H, W): 0 background, > 0 instance ids, -1 ignore.
         name: readable id, e.g. ``"stardist_3d/img3d:z12"``.
         group: split unit (the source file or layer): images of one group stay together.
-        normalization: :meth:`napari_ritm.preprocess.Normalization.to_dict` of the image.
+        normalization: :meth:`napari_ritm.inference.preprocess.Normalization.to_dict` of the image.
         stats: object centroids and diameters (for crop placement and object-size scaling).
     """
 
@@ -182,7 +184,7 @@ def _make_images(
     percentiles: tuple[float, float],
 ) -> list[TrainImage]:
     """Normalise each plane; drop planes without objects. ``labels`` is int32 (-1 = ignore)."""
-    from napari_ritm.preprocess import prepare_image
+    from napari_ritm.inference.preprocess import prepare_image
 
     out = []
     for z, plane, lab in _planes(image, labels):
@@ -265,7 +267,7 @@ def load_folder(
     min_area: int = 10,
     percentiles: tuple[float, float] = (1.0, 99.8),
 ) -> InstanceDataset:
-    """Read a data set folder (layouts of :func:`napari_ritm.datasets.load_dataset`).
+    """Read a data set folder (layouts of :func:`napari_ritm.evaluation.datasets.load_dataset`).
 
     Benchmark masks and binary microscopy masks are split into 8-connected components, each an
     instance; GrabCut's 128 band becomes ignore (-1). Each file is one split group.
@@ -278,7 +280,7 @@ def load_folder(
     Raises:
         DatasetError: unknown layout, no pairs, shape mismatch, float or empty labels.
     """
-    from napari_ritm import datasets as ds
+    from napari_ritm.evaluation import datasets as ds
 
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -304,7 +306,7 @@ def load_folder(
 def _benchmark_instances(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
-    from napari_ritm.datasets import encode_benchmark_mask
+    from napari_ritm.evaluation.datasets import encode_benchmark_mask
 
     gt = encode_benchmark_mask(mask)
     labels = ndimage.label(gt == 1, structure=np.ones((3, 3), bool))[0].astype(np.int32)
@@ -374,7 +376,7 @@ def make_validation_samples(
     crop: int,
     seed: int,
 ) -> list:
-    """Evaluation samples (``napari_ritm.datasets.Sample``) from held-out images.
+    """Evaluation samples (``napari_ritm.evaluation.datasets.Sample``) from held-out images.
 
     Each sample is a crop around one object (at least ``crop`` pixels a side, larger for big
     objects) holding the *normalised* image as uint8 (so the session's uint8 / 255 reproduces
@@ -389,7 +391,7 @@ def make_validation_samples(
     Returns:
         list of Sample(name, image uint8 (h, w) or (h, w, 3), gt int8 (h, w)).
     """
-    from napari_ritm.datasets import Sample
+    from napari_ritm.evaluation.datasets import Sample
 
     candidates = [
         (i, int(obj)) for i, im in enumerate(images) for obj in np.unique(im.labels[im.labels > 0])

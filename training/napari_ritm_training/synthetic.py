@@ -223,7 +223,7 @@ def make_synthetic_dataset(
     Returns:
         An :class:`InstanceDataset` named "synthetic" (each image its own group).
     """
-    from napari_ritm.preprocess import prepare_image
+    from napari_ritm.inference.preprocess import prepare_image
 
     rng = np.random.default_rng(seed)
     images = []

@@ -773,8 +773,8 @@ class Trainer:
         """Run the reference click loop on the validation objects (rank 0); None without any."""
         if not self.val_samples or not self.is_main:
             return None
-        from napari_ritm.evaluation import evaluate_dataset
-        from napari_ritm.session import ClickSession
+        from napari_ritm.evaluation.evaluator import evaluate_dataset
+        from napari_ritm.inference.session import ClickSession
 
         assert self.model is not None
         cfg = self.config

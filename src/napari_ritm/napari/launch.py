@@ -43,8 +43,8 @@ def open_viewer(image: str | None = None, *, sample: str = "cell", model: str | 
     """
     import napari
 
-    from napari_ritm._widget import RitmWidget
     from napari_ritm.errors import ImageFormatError
+    from napari_ritm.napari.widget import RitmWidget
 
     viewer = napari.Viewer(title="napari-ritm")
     if image:

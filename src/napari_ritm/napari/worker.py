@@ -6,7 +6,7 @@ and a newer submission replaces it (latest wins). The result of a job is deliver
 newer job was submitted meanwhile, so the user never sees a stale prediction after a newer click.
 
 Jobs must therefore be *idempotent full-state* jobs ("bring the session to these clicks and
-predict"), which is what :class:`napari_ritm._engine.PredictionEngine` runs.
+predict"), which is what :class:`napari_ritm.napari.engine.PredictionEngine` runs.
 """
 
 from __future__ import annotations

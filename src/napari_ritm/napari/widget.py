@@ -1,7 +1,8 @@
 """RitmWidget: the napari dock widget for click-based interactive segmentation.
 
-One widget = one :class:`~napari_ritm._engine.PredictionEngine` (model + ClickSession) fed through
-one :class:`~napari_ritm._worker.LatestRunner`, so predictions never block the viewer and the
+One widget = one :class:`~napari_ritm.napari.engine.PredictionEngine` (model + ClickSession) fed
+through
+one :class:`~napari_ritm.napari.worker.LatestRunner`, so predictions never block the viewer and the
 newest click always wins. All persistent state lives in napari layers:
 
 * "RITM positive" (green) / "RITM negative" (red) Points layers hold the clicks of the object in
@@ -45,8 +46,9 @@ from napari.layers import Image, Labels, Points
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
-from napari_ritm._engine import PredictionEngine, Request, Result
-from napari_ritm._layers import (
+from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.napari.engine import PredictionEngine, Request, Result
+from napari_ritm.napari.layers import (
     NEGATIVE_COLOR,
     NEGATIVE_NAME,
     ORDER,
@@ -63,8 +65,7 @@ from napari_ritm._layers import (
     spatial_shape,
     world_to_spatial,
 )
-from napari_ritm._worker import LatestRunner
-from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.napari.worker import LatestRunner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

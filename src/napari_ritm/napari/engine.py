@@ -1,7 +1,8 @@
 """The widget's inference state: one model, one ClickSession, brought to a requested state.
 
 No napari or Qt here. :class:`PredictionEngine` lives in the widget and is only ever called from
-the widget's :class:`~napari_ritm._worker.LatestRunner` (one job at a time, off the UI thread).
+the widget's :class:`~napari_ritm.napari.worker.LatestRunner` (one job at a time, off the UI
+thread).
 Each :class:`Request` carries the *whole* wanted state (model, options, image plane, prior mask,
 clicks), so any request can replace an older one that never ran.
 """
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import RitmError
+from napari_ritm.inference.clicks import Click
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +92,14 @@ def _default_loader(name: str, device: str | None, progress: Callable | None) ->
 def _default_session_factory(
     model: Any, *, zoom_in: bool, flip: bool, device: Any, precision: str = "float32"
 ) -> Any:
-    from napari_ritm.session import ClickSession
+    from napari_ritm.inference.session import ClickSession
 
     return ClickSession(model, zoom_in=zoom_in, flip=flip, device=device, dtype=precision)
 
 
 class PredictionEngine:
-    """Owns the loaded model and the :class:`~napari_ritm.session.ClickSession` of the widget.
+    """Owns the loaded model and the :class:`~napari_ritm.inference.session.ClickSession` of the
+    widget.
 
     Lifecycle: the model is loaded on the first request naming it and kept (one at a time); the
     session is rebuilt when the model, the zoom-in/flip switches or the precision change,

@@ -34,14 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import ImageFormatError, RitmError
-from napari_ritm.preprocess import (
+from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.preprocess import (
     Normalization,
     normalize_planes,
     resolve_normalization,
 )
-from napari_ritm.transforms import (
+from napari_ritm.inference.transforms import (
     HorizontalFlip,
     LimitLongestSide,
     Roi,
@@ -136,7 +136,8 @@ class ClickSession:
         model: An ``ISModel`` (``forward(image (B, 3|4, H, W), points (B, 2N, 3))`` returning
             ``{"instances": logits}``). It is put in eval mode and moved to ``device``.
         zoom_in: True for the reference ZoomIn (target 400, skip 1 click, ...), False for none,
-            a :class:`~napari_ritm.transforms.ZoomIn` instance, or a dict of ZoomIn arguments.
+            a :class:`~napari_ritm.inference.transforms.ZoomIn` instance, or a dict of ZoomIn
+            arguments.
         flip: Horizontal-flip test-time augmentation (logits averaged).
         max_size: Longest side fed to the network after zoom (LimitLongestSide); None: no limit
             (the reference evaluation); the official demo uses 800.
@@ -291,7 +292,8 @@ class ClickSession:
 
         Args:
             image: (H, W) or (H, W, C) array, any integer or float dtype; see
-                :func:`napari_ritm.preprocess.prepare_image` for how it becomes RGB in [0, 1].
+                :func:`napari_ritm.inference.preprocess.prepare_image` for how it becomes RGB in
+                [0, 1].
             contrast_limits: (low, high) mapped to 0 and 1 (non-uint8 images, or uint8 with
                 limits other than (0, 255)); default: the image's percentiles.
             channel: Channel of an (H, W, C) image to use.

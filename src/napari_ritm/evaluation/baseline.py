@@ -10,8 +10,8 @@ import logging
 
 import numpy as np
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import ImageFormatError
+from napari_ritm.inference.clicks import Click
 
 __all__ = ["GrabCutBaseline"]
 
@@ -19,10 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class GrabCutBaseline:
-    """GrabCut seeded by clicks; an :class:`~napari_ritm.evaluation.InteractivePredictor`.
+    """GrabCut seeded by clicks; an :class:`~napari_ritm.evaluation.evaluator.InteractivePredictor`.
 
     Lifecycle: ``set_image`` (converts the image once to 8-bit RGB through
-    :func:`napari_ritm.preprocess.prepare_image`, so gray, uint16 and multichannel images
+    :func:`napari_ritm.inference.preprocess.prepare_image`, so gray, uint16 and multichannel images
     work) -> ``add_click`` any number of times (each call re-runs GrabCut with all clicks) ->
     ``reset`` (same image, no clicks) or ``set_image`` again.
 
@@ -99,7 +99,7 @@ class GrabCutBaseline:
         Raises:
             ImageFormatError: The image cannot be converted.
         """
-        from napari_ritm.preprocess import prepare_image
+        from napari_ritm.inference.preprocess import prepare_image
 
         rgb01, _ = prepare_image(image, contrast_limits=contrast_limits, channel=channel, rgb=rgb)
         self._image = np.ascontiguousarray(np.round(rgb01 * 255.0).astype(np.uint8))

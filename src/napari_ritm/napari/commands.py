@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-    from napari_ritm._widget import RitmWidget
+    from napari_ritm.napari.widget import RitmWidget
 
 __all__ = [
     "finish_object",
@@ -25,7 +25,7 @@ __all__ = [
 
 def get_widget(viewer: napari.viewer.Viewer) -> RitmWidget:
     """The viewer's RITM widget; docks a new one when the viewer has none."""
-    from napari_ritm._widget import RitmWidget, widget_for
+    from napari_ritm.napari.widget import RitmWidget, widget_for
 
     widget = widget_for(viewer)
     if widget is None:

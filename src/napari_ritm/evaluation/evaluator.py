@@ -1,7 +1,8 @@
 """NoC@85/90, failures, mIoU@k and seconds per click of an interactive predictor; reports.
 
 The protocol is the official RITM one (ritm-reference §9): for each sample the evaluation
-clicker (:func:`napari_ritm.clicks.next_click`) places the next click on the largest error of
+clicker (:func:`napari_ritm.inference.clicks.next_click`) places the next click on the largest
+error of
 the previous *binary* prediction (probs > 0.49), the predictor answers with probabilities, and
 the loop stops once IoU >= ``target_iou`` (never when ``target_iou > 1``) or after
 ``max_clicks`` clicks.
@@ -37,8 +38,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from napari_ritm.clicks import Click, iou, next_click
 from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.inference.clicks import Click, iou, next_click
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -363,9 +364,10 @@ def evaluate_dataset(
 
     Args:
         predictor: Any :class:`InteractivePredictor`.
-        samples: Iterable of :class:`napari_ritm.datasets.Sample` (or any object with ``image``
+        samples: Iterable of :class:`napari_ritm.evaluation.datasets.Sample` (or any object with
+            ``image``
             and ``gt`` attributes, ``name`` optional), e.g. a
-            :class:`~napari_ritm.datasets.Dataset`. Read lazily, one at a time.
+            :class:`~napari_ritm.evaluation.datasets.Dataset`. Read lazily, one at a time.
         max_clicks: Click budget per sample.
         target_iou: Stop IoU per sample; use > 1 (e.g. 1.01) for exact mIoU@k curves.
         threshold: Binary prediction threshold (0.49 in the reference).

@@ -3,7 +3,8 @@
 These reproduce the official RITM test-time transforms (ritm-reference §8.3-8.5), quirks
 included, so that predictions match the reference. Images are torch tensors (B, C, H, W); the
 previous-mask channel travels with the image as its last channel. Clicks are
-:class:`~napari_ritm.clicks.Click` lists in the (row, col) pixels of each transform's input.
+:class:`~napari_ritm.inference.clicks.Click` lists in the (row, col) pixels of each transform's
+input.
 
 Boxes ("ROIs") are ``(rmin, rmax, cmin, cmax)`` with **inclusive** bounds.
 
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import RitmError
+from napari_ritm.inference.clicks import Click
 
 __all__ = [
     "HorizontalFlip",

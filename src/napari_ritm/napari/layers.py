@@ -3,7 +3,8 @@
 The widget keeps its state in napari layers: two Points layers hold the clicks ("the Points
 layers are the truth"), a preview Labels layer shows the current object and the user's Labels
 layer gets the committed objects. The functions here translate between those layers and the arrays a
-:class:`~napari_ritm.session.ClickSession` understands. They use napari layer objects but no Qt.
+:class:`~napari_ritm.inference.session.ClickSession` understands. They use napari layer objects but
+no Qt.
 
 Coordinates: every "spatial" array below is in the image layer's *data* pixels with the RGB axis
 and an optional channel axis removed. The 2D plane the user sees is given by two of those axes
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_ritm.clicks import Click
 from napari_ritm.errors import ImageFormatError
+from napari_ritm.inference.clicks import Click
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

@@ -5,7 +5,7 @@ Three kinds of weights are known by name:
 * **official**: the checkpoints released with the RITM paper (ritm-reference §1.2), downloaded on
   first use into the cache folder and reused afterwards.
 * **shipped**: checkpoints trained by this project that live inside the installed package
-  (``napari_ritm/checkpoints/``). ``DEFAULT_MODEL`` is one of them.
+  (``napari_ritm/weights/checkpoints/``). ``DEFAULT_MODEL`` is one of them.
 * **imported**: any checkpoint the user validated and copied into the cache with
   :func:`import_weights` (``napari-ritm weights import PATH --name NAME``).
 
