@@ -74,7 +74,7 @@ fi
 
 # --- 4. The project (editable) ---------------------------------------------------------------------
 # The stamp records what was installed; a changed pyproject.toml or other extras reinstall.
-# ("test" includes napari[pyqt5], so it also covers "qt".)
+# ("test" includes napari[pyqt6], so it also covers "qt".)
 STAMP="$VENV/.napari-ritm-install"
 digest="$("$VENV/bin/python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
 read -r have_digest have_extras <"$STAMP" 2>/dev/null || { have_digest=""; have_extras=""; }
