@@ -59,6 +59,35 @@ def conformance_model(conformance_checkpoint: Path):
     return load_checkpoint(conformance_checkpoint, device="cpu")
 
 
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An official-format hrnet18s ITER-M checkpoint with seeded random weights, made here.
+
+    For tests that need "some official-format checkpoint" and nothing from ../shared; the
+    weights are deterministic (``torch.manual_seed(TINY_SEED)`` then xavier init).
+    """
+    import torch
+
+    from napari_ritm.model import build_model, save_checkpoint
+
+    torch.manual_seed(TINY_SEED)
+    model = build_model("hrnet18s")
+    path = tmp_path_factory.mktemp("tiny_checkpoint") / "hrnet18s_itermask_seed0.pth"
+    return save_checkpoint(model, path, metadata={"note": "test fixture, random weights"})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint: Path):
+    """``tiny_checkpoint`` strictly loaded, in eval mode on CPU (shared by the session: do not
+    modify it in place)."""
+    from napari_ritm.model import load_checkpoint
+
+    return load_checkpoint(tiny_checkpoint, device="cpu")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     """Two threads, as on the target laptops and CI (keeps timings and numerics comparable)."""
