@@ -296,3 +296,60 @@ def test_device_is_logged(model, caplog):
         s = ClickSession(model, device="cpu")
     assert s.device == torch.device("cpu")
     assert any("cpu" in r.getMessage() for r in caplog.records)
+
+
+def _uint16_image(h: int = 120, w: int = 160, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.gamma(2.0, 900.0, (h, w)).astype(np.uint16)
+
+
+def test_default_normalization_is_the_trained_one(model):
+    from napari_ritm.inference.preprocess import (
+        DEFAULT_PERCENTILES,
+        compute_normalization,
+        percentiles_from_metadata,
+    )
+
+    image = _uint16_image()
+    model.metadata = {
+        "normalization": {
+            "uint8": "value / 255",
+            "other": "per-image percentiles, clipped",
+            "percentiles": [1.0, 99.8],
+        }
+    }
+    s = ClickSession(model, device="cpu")
+    assert s.trained_percentiles == percentiles_from_metadata(model.metadata) == (1.0, 99.8)
+    s.set_image(image)
+    assert s.normalization == compute_normalization(image, percentiles=(1.0, 99.8))
+
+    # other recorded percentiles change the normalization accordingly
+    model.metadata = {"normalization": {"percentiles": [0.5, 99.5]}}
+    other = ClickSession(model, device="cpu")
+    assert other.trained_percentiles == (0.5, 99.5)
+    other.set_image(image)
+    expected = compute_normalization(image, percentiles=(0.5, 99.5))
+    assert other.normalization == expected
+    assert other.normalization.percentiles == (0.5, 99.5)
+    assert other.normalization.high != s.normalization.high
+    # explicit percentiles still override the model's
+    other.set_image(image, percentiles=(1.0, 99.8))
+    assert other.normalization == s.normalization
+    # no metadata (or unusable metadata): the default percentiles
+    del model.metadata
+    assert ClickSession(model, device="cpu").trained_percentiles == DEFAULT_PERCENTILES
+    assert percentiles_from_metadata({"normalization": {"percentiles": [50, 5]}}) == (1.0, 99.8)
+    assert percentiles_from_metadata(None) == (1.0, 99.8)
+
+
+def test_one_threshold_constant(session):
+    from napari_ritm.evaluation import evaluator
+    from napari_ritm.inference import session as session_module
+    from napari_ritm.inference.presets import DEFAULT_THRESHOLD
+
+    assert DEFAULT_THRESHOLD == session_module.DEFAULT_THRESHOLD == 0.49
+    assert session.threshold == DEFAULT_THRESHOLD
+    import inspect
+
+    default = inspect.signature(evaluator.evaluate_sample).parameters["threshold"].default
+    assert default == DEFAULT_THRESHOLD

@@ -40,6 +40,7 @@ import numpy as np
 
 from napari_ritm.errors import ImageFormatError, RitmError
 from napari_ritm.inference.clicks import Click, iou, next_click
+from napari_ritm.inference.presets import DEFAULT_THRESHOLD
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -299,7 +300,7 @@ def evaluate_sample(
     *,
     max_clicks: int = 20,
     target_iou: float = 0.90,
-    threshold: float = 0.49,
+    threshold: float = DEFAULT_THRESHOLD,
     name: str = "",
 ) -> SampleResult:
     """Run the simulated-click loop of ritm-reference §9.1 on one object.
@@ -355,7 +356,7 @@ def evaluate_dataset(
     *,
     max_clicks: int = 20,
     target_iou: float = 0.90,
-    threshold: float = 0.49,
+    threshold: float = DEFAULT_THRESHOLD,
     model: str | None = None,
     dataset: str | None = None,
     progress: ProgressCallback | None = None,

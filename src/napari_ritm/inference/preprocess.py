@@ -27,12 +27,14 @@ import numpy as np
 from napari_ritm.errors import ImageFormatError
 
 __all__ = [
+    "DEFAULT_PERCENTILES",
     "Normalization",
     "apply_normalization",
     "check_image",
     "compute_normalization",
     "normalize_crop",
     "normalize_planes",
+    "percentiles_from_metadata",
     "prepare_image",
     "resolve_normalization",
 ]
@@ -44,6 +46,8 @@ _LAYOUTS = ("gray", "rgb", "channel", "mean")
 # Above this many values the percentiles are estimated on a regular subsample; the numbers are
 # recorded in the Normalization, so results stay reproducible.
 _PERCENTILE_MAX_VALUES = 1 << 22
+#: Percentiles of uint16/float images when neither the caller nor the model says otherwise.
+DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
 # A last axis longer than this is not taken for channels (most likely a channel-first stack).
 _MAX_CHANNELS = 16
 
@@ -442,3 +446,32 @@ def compute_normalization(
     normalization = _make_normalization(image, contrast_limits, channel, rgb, percentiles)
     logger.debug("normalization for image %s %s: %s", image.shape, image.dtype, normalization)
     return normalization
+
+
+def percentiles_from_metadata(metadata: Any) -> tuple[float, float]:
+    """The (low, high) percentiles a model was trained with, from its checkpoint metadata.
+
+    Fine-tuned checkpoints record ``metadata["normalization"]["percentiles"]`` (see
+    ``napari_ritm_training.trainer``); applying the same numbers at inference keeps the
+    network's input statistics as in training.
+
+    Args:
+        metadata: ``model.metadata`` (a dict, possibly empty) or None.
+
+    Returns:
+        The recorded percentiles, or :data:`DEFAULT_PERCENTILES` when the metadata records
+        none or something unusable (logged).
+    """
+    norm = metadata.get("normalization") if isinstance(metadata, dict) else None
+    values = norm.get("percentiles") if isinstance(norm, dict) else None
+    if values is None:
+        return DEFAULT_PERCENTILES
+    try:
+        low, high = (float(v) for v in values)
+    except (TypeError, ValueError):
+        logger.warning("ignoring unusable percentiles %r in the model metadata", values)
+        return DEFAULT_PERCENTILES
+    if not 0.0 <= low < high <= 100.0:
+        logger.warning("ignoring out-of-range percentiles %r in the model metadata", values)
+        return DEFAULT_PERCENTILES
+    return low, high

@@ -39,8 +39,10 @@ from napari_ritm.inference.clicks import Click
 from napari_ritm.inference.preprocess import (
     Normalization,
     normalize_planes,
+    percentiles_from_metadata,
     resolve_normalization,
 )
+from napari_ritm.inference.presets import DEFAULT_THRESHOLD
 from napari_ritm.inference.transforms import (
     HorizontalFlip,
     LimitLongestSide,
@@ -50,7 +52,7 @@ from napari_ritm.inference.transforms import (
     map_clicks,
 )
 
-__all__ = ["ClickSession", "StepResult", "build_points"]
+__all__ = ["DEFAULT_THRESHOLD", "ClickSession", "StepResult", "build_points"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class ClickSession:
         zoom_in: bool | ZoomIn | Mapping[str, Any] = True,
         flip: bool = True,
         max_size: int | None = None,
-        threshold: float = 0.49,
+        threshold: float = DEFAULT_THRESHOLD,
         device: str | torch.device | None = None,
         backend: str = "fast",
         window: int | None = 1024,
@@ -201,6 +203,8 @@ class ClickSession:
         self._device = select_device(device)
         self.model = model.to(self._device).eval()
         self._with_prev_mask = bool(getattr(model, "with_prev_mask", True))
+        # the normalization the model was trained with (default percentiles without metadata)
+        self._trained_percentiles = percentiles_from_metadata(getattr(model, "metadata", None))
         self.backend = backend
         self._net = self._build_net(backend, dtype)
         logger.info(
@@ -286,7 +290,7 @@ class ClickSession:
         rgb: bool | None = None,
         prior_mask: np.ndarray | None = None,
         normalization: Normalization | None = None,
-        percentiles: tuple[float, float] = (1.0, 99.8),
+        percentiles: tuple[float, float] | None = None,
     ) -> None:
         """Start a session on a new image (clears clicks, history and any prior mask).
 
@@ -302,7 +306,9 @@ class ClickSession:
                 :meth:`set_prior_mask`).
             normalization: A recorded :class:`Normalization` to reuse (overrides the options
                 above), e.g. the one of another slice of the same stack.
-            percentiles: Percentiles used when no contrast limits are given.
+            percentiles: Percentiles used when no contrast limits are given (uint16/float
+                images); None: the model's :attr:`trained_percentiles`, i.e. the normalization
+                recorded in its checkpoint metadata.
 
         Raises:
             ImageFormatError: unusable image, options or prior mask; the session is unchanged.
@@ -314,7 +320,7 @@ class ClickSession:
             contrast_limits=contrast_limits,
             channel=channel,
             rgb=rgb,
-            percentiles=percentiles,
+            percentiles=self._trained_percentiles if percentiles is None else percentiles,
         )
         hw = (int(image.shape[0]), int(image.shape[1]))
         prior = self._check_prior(prior_mask, hw) if prior_mask is not None else None
@@ -390,6 +396,13 @@ class ClickSession:
     def device(self) -> torch.device:
         """The torch device the model runs on."""
         return self._device
+
+    @property
+    def trained_percentiles(self) -> tuple[float, float]:
+        """(low, high) percentiles of uint16/float images used when ``set_image`` gets neither
+        contrast limits nor percentiles: those recorded in the model's checkpoint metadata
+        (``metadata["normalization"]["percentiles"]``), else (1, 99.8)."""
+        return self._trained_percentiles
 
     @property
     def normalization(self) -> Normalization | None:
@@ -481,6 +494,15 @@ class ClickSession:
         Raises:
             RitmError / ImageFormatError as :meth:`add_click`; the session is unchanged.
         """
+        self.update_clicks(clicks)
+        return self.probs
+
+    def update_clicks(self, clicks: Sequence[Click | tuple[float, float, bool]]) -> None:
+        """:meth:`set_clicks` without building the full-size probability map.
+
+        A UI reads :attr:`probs_roi` afterwards: on a large image the full map is an image-sized
+        allocation per click that only the changed box needs.
+        """
         self._require_image()
         new = [
             self._check_click(c if isinstance(c, Click) else Click(c[0], c[1], bool(c[2])))
@@ -491,14 +513,13 @@ class ClickSession:
         while keep < min(len(old), len(new)) and old[keep] == new[keep]:
             keep += 1
         if keep == len(old) == len(new):
-            return self.probs  # nothing changes (the redo stack is kept too)
+            return  # nothing changes (the redo stack is kept too)
         states = self._states[: keep + 1]
         for k in range(keep, len(new)):
             states.append(self._step(new[: k + 1], states[-1], new[k]))
         self._states = states
         self._redo = []
         self._probs_cache = None
-        return self.probs
 
     def undo(self) -> np.ndarray:
         """Remove the last click and restore the state before it (probs and ZoomIn state).
