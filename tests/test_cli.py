@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from napari_ritm.cli import build_parser, main
+import napari_ritm.weights
+from napari_ritm.cli import _model_display_name, build_parser, main
 
 SUMMARY = {
     "noc85",
@@ -84,7 +85,8 @@ def test_evaluate_end_to_end(tiny_dataset, conformance_checkpoint, tmp_path, cap
     assert set(data) == SUMMARY | {"baseline"}
     _check_summary({k: v for k, v in data.items() if k != "baseline"}, 3, 2, "tiny set")
     _check_summary(data["baseline"], 3, 2, "tiny set")
-    assert data["model"] == conformance_checkpoint.name
+    row_name = f"{conformance_checkpoint.parent.name}/{conformance_checkpoint.name}"
+    assert data["model"] == row_name
     assert data["baseline"]["model"] == "grabcut"
     # the baseline solves these easy disks with one click; the random-weight model cannot
     assert data["baseline"]["noc90"] == 1.0
@@ -94,7 +96,7 @@ def test_evaluate_end_to_end(tiny_dataset, conformance_checkpoint, tmp_path, cap
     assert [s["name"] for s in records[0]["samples"]] == ["img 0", "img 1"]
     lines = captured.out.splitlines()
     assert lines[0].split()[:5] == ["model", "dataset", "n", "NoC@85", "NoC@90"]
-    assert lines[2].startswith(conformance_checkpoint.name)
+    assert lines[2].startswith(row_name)
     assert lines[3].startswith("grabcut")
 
 
@@ -107,8 +109,9 @@ def test_evaluate_precision_option(tiny_dataset, conformance_checkpoint, tmp_pat
                 "--no-progress", "--precision", precision]  # fmt: skip
         assert main(args) == 0, capsys.readouterr().err
         outs[precision] = json.loads(out.read_text())
-    assert outs["bfloat16"]["model"] == f"{conformance_checkpoint.name} (bfloat16)"
-    assert outs["float32"]["model"] == conformance_checkpoint.name
+    row_name = f"{conformance_checkpoint.parent.name}/{conformance_checkpoint.name}"
+    assert outs["bfloat16"]["model"] == f"{row_name} (bfloat16)"
+    assert outs["float32"]["model"] == row_name
     # reduced precision changes the probabilities: the IoUs differ, but not wildly
     f32, bf16 = np.array(outs["float32"]["miou_at_k"]), np.array(outs["bfloat16"]["miou_at_k"])
     assert np.abs(f32 - bf16).max() < 0.3
@@ -134,7 +137,6 @@ def test_no_command_prints_help(capsys) -> None:
 
 
 def test_weights_subcommand_registered() -> None:
-    pytest.importorskip("napari_ritm.weights")
     args = build_parser().parse_args(["weights", "list"])
     assert callable(args.func)
 
@@ -165,3 +167,32 @@ def test_baseline_only_needs_no_model(tiny_dataset, tmp_path, capsys) -> None:
     _check_summary(data, 2, 2, "tiny set")
     assert data["model"] == "grabcut" and data["noc90"] == 1.0
     assert data["miou_at_k"][0] == pytest.approx(1.0)
+
+
+def test_checkpoint_row_name_is_run_folder_and_file(tmp_path: Path) -> None:
+    # every training run writes last.pth: the row must say which run it came from
+    run = tmp_path / "default-nuclei-stage2"
+    run.mkdir()
+    (run / "last.pth").write_bytes(b"")
+    assert _model_display_name(str(run / "last.pth")) == "default-nuclei-stage2/last.pth"
+    assert _model_display_name("hrnet18s") == "hrnet18s"
+    assert _model_display_name(None) == napari_ritm.weights.DEFAULT_MODEL
+
+
+def test_evaluate_help_shows_defaults(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "skip instances smaller than this many pixels (50)" in help_text
+    assert "click budget per object (20)" in help_text
+
+
+def test_help_imports_neither_torch_nor_qt() -> None:
+    import subprocess
+
+    code = (
+        "import sys; from napari_ritm.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'napari', 'qtpy', 'PyQt6') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

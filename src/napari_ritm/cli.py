@@ -10,8 +10,6 @@ so ``napari-ritm --help`` is instant.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -27,21 +25,6 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
-
-
-def _module_exists(name: str) -> bool:
-    if name in sys.modules:
-        return True
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ModuleNotFoundError, ValueError):
-        return False
-
-
-def _default_model() -> str | None:
-    if _module_exists("napari_ritm.weights"):
-        return getattr(importlib.import_module("napari_ritm.weights"), "DEFAULT_MODEL", None)
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best)")
     ev.add_argument(
-        "--min-area", type=int, default=50, help="skip instances smaller than this (pixels)"
+        "--min-area",
+        type=int,
+        default=50,
+        help="skip instances smaller than this many pixels (50)",
     )
     ev.add_argument(
         "--max-samples",
@@ -113,40 +99,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(func=_cmd_evaluate)
 
-    if _module_exists("napari_ritm.weights"):
-        importlib.import_module("napari_ritm.weights").register_cli(sub)
+    # Both modules are torch- and Qt-free at import (argparse only), so --help stays instant.
+    from napari_ritm.napari.launch import build_parser as build_view_parser
+    from napari_ritm.weights import register_cli
 
+    register_cli(sub)
     view = sub.add_parser(
         "view",
         help="open napari with the RITM widget",
         description="Open napari with the RITM click-segmentation widget and an image.",
     )
-    if _module_exists("napari_ritm.napari.launch"):
-        # the launcher owns its options; importing it is cheap (argparse only)
-        importlib.import_module("napari_ritm.napari.launch").build_parser(view)
-    else:
-        view.add_argument("image", nargs="?", default=None, help="image file to open")
+    build_view_parser(view)  # the launcher owns its options
     view.set_defaults(func=_cmd_view)
     return parser
 
 
+def _model_display_name(model_arg: str | None) -> str:
+    """The report's row name: a registry name as given, a checkpoint as ``run-folder/file``.
+
+    Training writes ``last.pth``/``best.pth`` into every run folder, so the file name alone
+    does not tell two runs apart.
+    """
+    from napari_ritm.weights import DEFAULT_MODEL
+
+    if model_arg is None:
+        return DEFAULT_MODEL
+    path = Path(model_arg)
+    if path.suffix and path.is_file():
+        folder = path.resolve().parent.name
+        return f"{folder}/{path.name}" if folder else path.name
+    return model_arg
+
+
 def _load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
     """The ClickSession for ``--model`` and the model's display name."""
-    name = args.model if args.model is not None else _default_model()
-    if _module_exists("napari_ritm.weights"):
-        from napari_ritm.weights import load_model
+    from napari_ritm.weights import load_model
 
-        model = load_model(args.model, device=args.device)
-    else:  # registry not installed: only checkpoint files can be evaluated
-        path = Path(str(args.model)) if args.model is not None else None
-        if path is None or not path.is_file():
-            raise RitmError(
-                f"cannot resolve model {args.model!r}: the weights registry is not available; "
-                "pass a checkpoint file with --model PATH.pth"
-            )
-        from napari_ritm.model import load_checkpoint, select_device
-
-        model = load_checkpoint(path, device=str(select_device(args.device)))
+    model = load_model(args.model, device=args.device)
     from napari_ritm.inference.session import ClickSession
 
     session = ClickSession(
@@ -156,34 +145,17 @@ def _load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
         device=args.device,
         dtype=args.precision,
     )
-    display = str(name) if name is not None else "model"
-    if Path(display).suffix and Path(display).is_file():
-        display = Path(display).name
+    display = _model_display_name(args.model)
     if args.precision != "float32":
         display += f" ({args.precision})"
     return session, display
 
 
-def _progress_bar(enabled: bool, total: int, desc: str) -> tuple[Any, Any]:
-    """A tqdm bar on stderr and the matching progress(done, total, message) callback."""
-    if not enabled:
-        return None, None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total or None, desc=desc, unit="obj", file=sys.stderr, leave=False)
-
-    def progress(done: int, total: int, message: str) -> None:
-        bar.update(done - bar.n)
-        bar.set_postfix_str(message, refresh=False)
-
-    return bar, progress
-
-
 def _evaluate(predictor: Any, dataset: Any, args: argparse.Namespace, name: str) -> Any:
     from napari_ritm.evaluation.evaluator import evaluate_dataset
+    from napari_ritm.progress import TqdmProgress
 
-    bar, progress = _progress_bar(not args.no_progress, len(dataset), f"{name} on {dataset.name}")
-    try:
+    with TqdmProgress(unit="obj", desc=f"{name} on {dataset.name}", leave=False) as bar:
         return evaluate_dataset(
             predictor,
             dataset,
@@ -191,11 +163,8 @@ def _evaluate(predictor: Any, dataset: Any, args: argparse.Namespace, name: str)
             target_iou=args.target_iou,
             model=name,
             dataset=dataset.name,
-            progress=progress,
+            progress=None if args.no_progress else bar,
         )
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -239,18 +208,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    from napari_ritm.evaluation.evaluator import _nan_to_none
+    from napari_ritm.fileio import to_jsonable, write_text_atomic
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_nan_to_none(payload), indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise RitmError(f"cannot write {path}: {exc}") from exc
+    write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2) + "\n")
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    if not _module_exists("napari_ritm.napari.launch"):
-        raise RitmError("the napari launcher (napari_ritm.napari.launch) is not installed")
     from napari_ritm.napari.launch import main as launch
 
     # the launcher parses its own arguments: hand it everything after "view"

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -39,8 +39,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from napari_ritm.errors import ImageFormatError, RitmError
+from napari_ritm.fileio import to_jsonable, write_text_atomic
 from napari_ritm.inference.clicks import Click, iou, next_click
 from napari_ritm.inference.presets import DEFAULT_THRESHOLD
+from napari_ritm.progress import ProgressCallback
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -56,8 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int, str], None]
 
 #: NoC thresholds exactly as the reference computes them: np.arange(0.8, 0.901, 0.05) in
 #: float64, i.e. 0.8500000000000001 and 0.9000000000000001, compared with float32 IoUs.
@@ -257,24 +257,14 @@ class Report:
 
     def to_json(self, path: str | Path | None = None, *, include_samples: bool = False) -> str:
         """Serialise :meth:`to_dict` (NaN becomes null); also write it to ``path`` if given."""
-        text = json.dumps(_nan_to_none(self.to_dict(include_samples=include_samples)), indent=2)
+        text = json.dumps(to_jsonable(self.to_dict(include_samples=include_samples)), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            write_text_atomic(path, text + "\n")
         return text
 
     def format_table(self) -> str:
         """This report as a one-row text table (see :func:`format_table`)."""
         return format_table([self])
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
 
 
 def _check_target(image: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -8,7 +8,6 @@ shapes.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -19,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, RitmError
+from ..errors import CheckpointError
+from ..fileio import atomic_write
 from .configs import VARIANTS, official_config, variant_name
 from .is_model import ISModel
 
@@ -280,18 +280,7 @@ def save_checkpoint(
         meta = dict(metadata)
         _check_plain(meta, "")
         content["metadata"] = meta
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(content, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise RitmError(
-                f"no space left on the device while writing {path} (a checkpoint needs about "
-                f"{sum(v.numel() * v.element_size() for v in state.values()) / 2**20:.0f} MiB); "
-                "free disk space or choose another output folder"
-            ) from exc
-        raise RitmError(f"could not write checkpoint {path}: {exc}") from exc
+    # The size is stated if the disk fills up; the written file is about the tensors' bytes.
+    needed = sum(v.numel() * v.element_size() for v in state.values())
+    atomic_write(path, lambda tmp: torch.save(content, tmp), needed_bytes=needed)
     return path
