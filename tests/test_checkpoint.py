@@ -39,6 +39,20 @@ def test_saved_config_has_the_official_layout(conformance_checkpoint, tmp_path):
         assert torch.equal(reloaded.state_dict()[key], value), key
 
 
+def test_round_trip_keeps_weights_order_and_metadata(tiny_checkpoint, tiny_model, tmp_path):
+    out = save_checkpoint(tiny_model, tmp_path / "copy.pth", metadata={"note": "round trip"})
+    saved = torch.load(out, map_location="cpu", weights_only=True)
+    raw = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert set(saved) == {"state_dict", "config", "metadata"}
+    assert saved["config"] == raw["config"] == official_config("hrnet18s")
+    assert list(saved["state_dict"]) == list(raw["state_dict"])
+    reloaded = load_checkpoint(out)
+    assert reloaded.metadata["note"] == "round trip"
+    assert reloaded.metadata["source"] == str(out)
+    for key, value in raw["state_dict"].items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+
 @pytest.mark.parametrize("variant", ["hrnet18", "hrnet32"])
 def test_official_config_for_large_variants_round_trips(variant, tmp_path):
     model = build_model(variant, init="none")
@@ -67,9 +81,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "nope.pth")
 
 
-def test_corrupted_file_is_refused(conformance_checkpoint, tmp_path):
+def test_corrupted_file_is_refused(tiny_checkpoint, tmp_path):
     bad = tmp_path / "truncated.pth"
-    bad.write_bytes(conformance_checkpoint.read_bytes()[:100_000])
+    bad.write_bytes(tiny_checkpoint.read_bytes()[:100_000])
     with pytest.raises(CheckpointError, match="corrupted or truncated"):
         load_checkpoint(bad)
     garbage = tmp_path / "garbage.pth"
@@ -97,10 +111,10 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned.txt").exists()
 
 
-def test_wrong_architecture_and_missing_keys_are_named(conformance_checkpoint, tmp_path):
+def test_wrong_architecture_and_missing_keys_are_named(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match=r"hrnet18s checkpoint.*expected hrnet32"):
-        load_checkpoint(conformance_checkpoint, variant="hrnet32")
-    raw = torch.load(conformance_checkpoint, map_location="cpu", weights_only=True)
+        load_checkpoint(tiny_checkpoint, variant="hrnet32")
+    raw = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     del raw["state_dict"]["feature_extractor.cls_head.bias"]
     raw["state_dict"]["feature_extractor.extra.weight"] = torch.zeros(1)
     broken = tmp_path / "broken.pth"
@@ -110,15 +124,15 @@ def test_wrong_architecture_and_missing_keys_are_named(conformance_checkpoint, t
     ) as err:
         load_checkpoint(broken)
     assert "unexpected 1: feature_extractor.extra.weight" in str(err.value)
-    raw = torch.load(conformance_checkpoint, map_location="cpu", weights_only=True)
+    raw = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     raw["state_dict"]["feature_extractor.cls_head.weight"] = torch.zeros(2, 96, 1, 1)
     torch.save(raw, broken)
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_checkpoint(broken)
 
 
-def test_config_that_contradicts_weights_is_refused(conformance_checkpoint, tmp_path):
-    raw = torch.load(conformance_checkpoint, map_location="cpu", weights_only=True)
+def test_config_that_contradicts_weights_is_refused(tiny_checkpoint, tmp_path):
+    raw = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     raw["config"] = official_config("hrnet32")
     path = tmp_path / "lying.pth"
     torch.save(raw, path)

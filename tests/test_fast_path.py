@@ -38,14 +38,14 @@ def test_fast_model_logits_match_reference_forward(conformance_model, conformanc
     assert np.abs(logits - data["instances"]).max() <= 1e-3
 
 
-def test_fast_model_leaves_source_model_trainable_and_savable(conformance_model, tmp_path):
-    before = {k: v.clone() for k, v in conformance_model.state_dict().items()}
-    n_bn = _n_batchnorm(conformance_model)
-    FastISModel(conformance_model)
-    after = conformance_model.state_dict()
+def test_fast_model_leaves_source_model_trainable_and_savable(tiny_model, tmp_path):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    n_bn = _n_batchnorm(tiny_model)
+    FastISModel(tiny_model)
+    after = tiny_model.state_dict()
     assert list(after) == list(before)  # official keys, same order
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert _n_batchnorm(conformance_model) == n_bn == 153
+    assert _n_batchnorm(tiny_model) == n_bn == 153
 
 
 def test_fold_batchnorm_is_exact_on_a_fresh_model():
@@ -71,18 +71,37 @@ def test_fast_model_rejects_other_modules():
         FastISModel(torch.nn.Conv2d(3, 3, 1))
 
 
-def test_bfloat16_is_opt_in_and_close(conformance_model, conformance_dir):
-    data = load_npz(conformance_dir, "model_forward")
-    x = torch.from_numpy(data["net_input"][:, :, :96, :128]).contiguous()
-    points = torch.from_numpy(data["points"]).clone()
+def _synthetic_input(h: int = 96, w: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth RGB image with an empty prev mask, one positive and one negative click (net input
+    layout: positives first, then negatives, (-1, -1, -1) for none)."""
+    rng = np.random.default_rng(seed)
+    rr, cc = np.mgrid[:h, :w] / np.float32(max(h, w))
+    rgb = np.stack([np.sin(6 * rr), np.cos(5 * cc), rr * cc], 0) * 0.4 + 0.5
+    rgb += rng.normal(0, 0.02, rgb.shape)
+    x = np.concatenate([rgb, np.zeros((1, h, w))], 0)[None].astype(np.float32)
+    points = torch.tensor([[[h / 2, w / 2, 0.0], [-1, -1, -1], [h / 4, w / 5, 1.0], [-1, -1, -1]]])
+    return torch.from_numpy(x).contiguous(), points
+
+
+def test_fast_model_logits_match_eager_forward(tiny_model):
+    x, points = _synthetic_input()
     with torch.inference_mode():
-        want = FastISModel(conformance_model)(x, points)["instances"]
-        got = FastISModel(conformance_model, dtype=torch.bfloat16)(x, points)["instances"]
+        want = tiny_model(x, points)["instances"]
+        got = FastISModel(tiny_model)(x, points)["instances"]
+    assert got.shape == want.shape == (1, 1, 96, 128)
+    assert (got - want).abs().max().item() <= 1e-3 * max(1.0, want.abs().max().item())
+
+
+def test_bfloat16_is_opt_in_and_close(tiny_model):
+    x, points = _synthetic_input()
+    with torch.inference_mode():
+        want = FastISModel(tiny_model)(x, points)["instances"]
+        got = FastISModel(tiny_model, dtype=torch.bfloat16)(x, points)["instances"]
     assert got.dtype == torch.float32
     diff = (torch.sigmoid(got) - torch.sigmoid(want)).abs()
     assert torch.isfinite(got).all()
     assert diff.max().item() > 1e-3  # changes outputs visibly: hence opt-in
-    # the random conformance weights amplify rounding (mean |dp| ~0.07 here); a sanity bound
+    # random weights amplify rounding; a sanity bound
     assert diff.mean().item() < 0.15
 
 
@@ -115,6 +134,21 @@ def test_fast_session_matches_eager_session_teacher_forced(conformance_model, co
         assert np.abs(fast.probs - data["probs"][k]).max() <= 2e-3, k
 
 
+def test_fast_session_matches_eager_session(tiny_model):
+    image = _uint16_image(160, 200, seed=2)
+    sessions = {b: ClickSession(tiny_model, backend=b, device="cpu") for b in ("fast", "eager")}
+    probs = {}
+    for b, s in sessions.items():
+        s.set_image(image)
+        probs[b] = [s.add_click(r, c, p) for r, c, p in [(80, 100, True), (40, 60, False)]]
+    assert isinstance(sessions["fast"]._net, FastISModel)
+    assert sessions["eager"]._net is tiny_model
+    for fast, eager in zip(probs["fast"], probs["eager"], strict=True):
+        assert fast.shape == eager.shape == (160, 200)
+        # random weights give steep logits; the reference session test bounds this by 2e-3 too
+        assert np.abs(fast - eager).max() <= 2e-3
+
+
 # -- window mode ---------------------------------------------------------------------------------
 def _uint16_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -123,9 +157,9 @@ def _uint16_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 50, (h, w)), 0, 65535).astype(np.uint16)
 
 
-def test_window_prediction_is_the_crop_predicted_as_its_own_image(conformance_model):
+def test_window_prediction_is_the_crop_predicted_as_its_own_image(tiny_model):
     image = _uint16_image(700, 900)
-    session = ClickSession(conformance_model, window=256, device="cpu")
+    session = ClickSession(tiny_model, window=256, device="cpu")
     session.set_image(image)
     probs = session.add_click(300.0, 20.0, True)  # near the left edge: the window is clamped
     box = (172, 427, 0, 255)
@@ -137,7 +171,7 @@ def test_window_prediction_is_the_crop_predicted_as_its_own_image(conformance_mo
     assert crop_probs.max() > 0
     assert session._full_planes is None  # the whole image was never normalised
 
-    alone = ClickSession(conformance_model, window=256, device="cpu")
+    alone = ClickSession(tiny_model, window=256, device="cpu")
     alone.set_image(
         image[box[0] : box[1] + 1, box[2] : box[3] + 1], normalization=session.normalization
     )
@@ -145,9 +179,9 @@ def test_window_prediction_is_the_crop_predicted_as_its_own_image(conformance_mo
     np.testing.assert_allclose(crop_probs, want, rtol=0, atol=1e-5)
 
 
-def test_window_bounds_every_prediction_of_a_large_image(conformance_model):
+def test_window_bounds_every_prediction_of_a_large_image(tiny_model):
     image = _uint16_image(800, 1000, seed=1)
-    session = ClickSession(conformance_model, window=256, device="cpu")
+    session = ClickSession(tiny_model, window=256, device="cpu")
     session.set_image(image)
     clicks = [(400, 500, True), (420, 480, True), (600, 900, True), (100, 100, False)]
     for row, col, positive in clicks:
@@ -165,26 +199,26 @@ def test_window_bounds_every_prediction_of_a_large_image(conformance_model):
     np.testing.assert_array_equal(session.probs_roi[1], before[1])
 
 
-def test_window_off_or_image_fits_keeps_whole_image(conformance_model):
+def test_window_off_or_image_fits_keeps_whole_image(tiny_model):
     image = _uint16_image(120, 150)
     for window in (None, 1024, 150):
-        session = ClickSession(conformance_model, window=window, zoom_in=False, device="cpu")
+        session = ClickSession(tiny_model, window=window, zoom_in=False, device="cpu")
         session.set_image(image)
         session.add_click(60, 70, True)
         assert session.probs_roi[0] == (0, 119, 0, 149)
 
 
-def test_session_option_errors(conformance_model):
+def test_session_option_errors(tiny_model):
     with pytest.raises(RitmError, match="backend"):
-        ClickSession(conformance_model, backend="turbo", device="cpu")
+        ClickSession(tiny_model, backend="turbo", device="cpu")
     with pytest.raises(RitmError, match="window"):
-        ClickSession(conformance_model, window=4, device="cpu")
+        ClickSession(tiny_model, window=4, device="cpu")
     with pytest.raises(RitmError, match="bfloat16"):
-        ClickSession(conformance_model, dtype="float16", device="cpu")
+        ClickSession(tiny_model, dtype="float16", device="cpu")
     with pytest.raises(RitmError, match="dtype"):
-        ClickSession(conformance_model, dtype="int8", device="cpu")
+        ClickSession(tiny_model, dtype="int8", device="cpu")
     with pytest.raises(RitmError, match="eager"):
-        ClickSession(conformance_model, backend="eager", dtype="bfloat16", device="cpu")
+        ClickSession(tiny_model, backend="eager", dtype="bfloat16", device="cpu")
 
 
 def test_fast_backend_needs_no_isModel():
@@ -203,13 +237,13 @@ def test_fast_backend_needs_no_isModel():
 
 # -- benchmark -----------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_quick_benchmark_runs(conformance_checkpoint, shared_data_dir, tmp_path, capsys):
+def test_quick_benchmark_runs(tiny_checkpoint, shared_data_dir, tmp_path, capsys):
     path = REPO_ROOT / "benchmarks" / "bench_click.py"
     spec = importlib.util.spec_from_file_location("bench_click", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    argv = ["--quick", "--in-process", "--model", str(conformance_checkpoint), "--json", str(out)]
+    argv = ["--quick", "--in-process", "--model", str(tiny_checkpoint), "--json", str(out)]
     argv += ["--noc-data", str(shared_data_dir / "benchmarks" / "GrabCut")]
     assert bench.main(argv) == 0
     table = capsys.readouterr().out
