@@ -55,14 +55,14 @@ def _check_summary(summary: dict, max_clicks: int, n: int, dataset: str) -> None
     assert summary["dataset"] == dataset
 
 
-def test_evaluate_end_to_end(tiny_dataset, conformance_checkpoint, tmp_path, capsys) -> None:
+def test_evaluate_end_to_end(tiny_dataset, tiny_checkpoint, tmp_path, capsys) -> None:
     out_json, out_png = tmp_path / "m.json", tmp_path / "plots" / "m.png"
     per_sample = tmp_path / "ps.json"
     rc = main(
         [
             "evaluate",
             "--model",
-            str(conformance_checkpoint),
+            str(tiny_checkpoint),
             "--dataset",
             str(tiny_dataset),
             "--max-clicks",
@@ -85,7 +85,7 @@ def test_evaluate_end_to_end(tiny_dataset, conformance_checkpoint, tmp_path, cap
     assert set(data) == SUMMARY | {"baseline"}
     _check_summary({k: v for k, v in data.items() if k != "baseline"}, 3, 2, "tiny set")
     _check_summary(data["baseline"], 3, 2, "tiny set")
-    row_name = f"{conformance_checkpoint.parent.name}/{conformance_checkpoint.name}"
+    row_name = f"{tiny_checkpoint.parent.name}/{tiny_checkpoint.name}"
     assert data["model"] == row_name
     assert data["baseline"]["model"] == "grabcut"
     # the baseline solves these easy disks with one click; the random-weight model cannot
@@ -100,16 +100,16 @@ def test_evaluate_end_to_end(tiny_dataset, conformance_checkpoint, tmp_path, cap
     assert lines[3].startswith("grabcut")
 
 
-def test_evaluate_precision_option(tiny_dataset, conformance_checkpoint, tmp_path, capsys):
+def test_evaluate_precision_option(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
     outs = {}
     for precision in ("float32", "bfloat16"):
         out = tmp_path / f"{precision}.json"
-        args = ["evaluate", "--model", str(conformance_checkpoint), "--dataset", str(tiny_dataset),
+        args = ["evaluate", "--model", str(tiny_checkpoint), "--dataset", str(tiny_dataset),
                 "--max-clicks", "2", "--json", str(out), "--device", "cpu", "--no-zoom-in",
                 "--no-progress", "--precision", precision]  # fmt: skip
         assert main(args) == 0, capsys.readouterr().err
         outs[precision] = json.loads(out.read_text())
-    row_name = f"{conformance_checkpoint.parent.name}/{conformance_checkpoint.name}"
+    row_name = f"{tiny_checkpoint.parent.name}/{tiny_checkpoint.name}"
     assert outs["bfloat16"]["model"] == f"{row_name} (bfloat16)"
     assert outs["float32"]["model"] == row_name
     # reduced precision changes the probabilities: the IoUs differ, but not wildly

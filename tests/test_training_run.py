@@ -166,8 +166,8 @@ def test_ctrl_c_saves_a_resumable_state(data_dir, tmp_path):
     assert load_checkpoint(ckpt).metadata["iteration"] == 2
 
 
-def test_wrong_architecture_checkpoint_is_refused(data_dir, tmp_path, conformance_checkpoint):
-    cfg = _config(data_dir, tmp_path / "w", from_weights=str(conformance_checkpoint),
+def test_wrong_architecture_checkpoint_is_refused(data_dir, tmp_path, tiny_checkpoint):
+    cfg = _config(data_dir, tmp_path / "w", from_weights=str(tiny_checkpoint),
                   variant="hrnet32")  # fmt: skip
     with pytest.raises(CheckpointError, match="hrnet18s"):
         run_finetune(cfg)
