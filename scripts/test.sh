@@ -30,6 +30,18 @@ else
   echo "[test] WARNING: xvfb-run not found; GUI tests need Xvfb (run scripts/install.sh as root)" >&2
 fi
 
+# With the shared folder (conformance fixtures, real data) present nothing may skip: the
+# tests/strict_skips.py plugin then fails the run and lists each skip with its reason.
+# A plain clone has no shared folder; its skips say "conformance fixtures absent" or
+# "shared data absent". RITM_STRICT_SKIPS=0 turns the check off.
+SHARED="${RITM_SHARED_DIR:-$ROOT/../shared}"
+if [ -d "$SHARED" ]; then
+  export RITM_STRICT_SKIPS="${RITM_STRICT_SKIPS:-1}"
+  echo "[test] shared folder $SHARED present: skips fail the run (RITM_STRICT_SKIPS=$RITM_STRICT_SKIPS)" >&2
+else
+  echo "[test] no shared folder at $SHARED: tests needing it skip (plain clone)" >&2
+fi
+
 echo "[test] $("$PY" --version) $("$PY" -c 'import torch; print("torch", torch.__version__)')" >&2
 set +e
 "$PY" -m pytest -o xvfb_width=1600 -o xvfb_height=1000 -o xvfb_colordepth=24 "$@"

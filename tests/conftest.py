@@ -10,6 +10,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# RITM_STRICT_SKIPS=1 (set by scripts/test.sh when the shared folder exists): any skip fails.
+pytest_plugins = ["strict_skips"]
+
 
 def _shared_root() -> Path:
     return Path(os.environ.get("RITM_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
@@ -23,18 +26,25 @@ def conformance_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """../shared/data; skips the test with a reason when it is absent."""
+    """../shared/data (real microscopy and benchmark data); skips the test when it is absent."""
     path = _shared_root() / "data"
     if not path.is_dir():
-        pytest.skip(f"shared data folder not found at {path} (set RITM_SHARED_DIR)")
+        pytest.skip(
+            f"shared data absent: no folder {path} (a plain clone has none; set RITM_SHARED_DIR "
+            "to the folder holding data/)"
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
+    """Reference outputs of the official RITM code; skips the test when they are absent."""
     path = conformance_root()
     if not (path / "model_forward.npz").is_file():
-        pytest.skip(f"conformance fixtures not found at {path} (set RITM_CONFORMANCE_DIR)")
+        pytest.skip(
+            f"conformance fixtures absent: no {path / 'model_forward.npz'} (a plain clone has "
+            "none; set RITM_CONFORMANCE_DIR)"
+        )
     return path
 
 
@@ -42,7 +52,7 @@ def conformance_dir() -> Path:
 def conformance_checkpoint(conformance_dir: Path) -> Path:
     files = sorted(conformance_dir.glob("*.pth"))
     if not files:
-        pytest.skip(f"no .pth checkpoint in {conformance_dir}")
+        pytest.skip(f"conformance fixtures absent: no .pth checkpoint in {conformance_dir}")
     return files[0]
 
 
