@@ -191,16 +191,33 @@ def test_resume_without_state_and_bad_settings(data_dir, tmp_path):
     assert not (tmp_path / "c").exists(), "settings are checked before anything is written"
 
 
-def test_disk_full_while_saving_is_a_clear_error(data_dir, tmp_path, monkeypatch):
-    from napari_ritm_training import trainer
+def test_disk_full_while_saving_is_a_clear_error(tmp_path, monkeypatch):
+    from types import SimpleNamespace
 
-    def full(*args, **kwargs):
+    from napari_ritm_training import checkpointing
+
+    def full(obj, path, *args, **kwargs):
+        open(path, "wb").close()  # a partial file that must not survive
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trainer.torch, "save", full)
-    with pytest.raises(RitmError, match="no space left") as info:
-        trainer._atomic_torch_save({"state_dict": {"w": torch.zeros(4)}}, tmp_path / "r.pth")
-    assert str(tmp_path / "r.pth") in str(info.value)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(model.parameters())
+    fake_run = SimpleNamespace(
+        model=model, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, [1]), use_amp=False,
+        config=TrainConfig(), history=[], best_key=None, best_metrics=None, init_source="x",
+        world_size=1, epoch_sums={}, epoch_seconds=0.0, run_dir=tmp_path,
+    )  # fmt: skip
+    monkeypatch.setattr(checkpointing.torch, "save", full)
+    with pytest.raises(RitmError) as info:
+        checkpointing.save_resume(fake_run, 1, 0)
+    text = str(info.value)
+    assert text.startswith(f"no space left on the device while writing {tmp_path / 'resume.pth'}")
+    assert "MiB free" in text and "it needs about 0 MiB" in text
+    assert text.endswith(
+        "free disk space or choose another output folder, then continue with --resume"
+    )
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
 def test_cli_flags_map_to_the_config():

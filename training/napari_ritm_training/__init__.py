@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "TrainConfig": "napari_ritm_training.trainer",
+    "TrainConfig": "napari_ritm_training.config",
     "Trainer": "napari_ritm_training.trainer",
     "TrainingInterrupted": "napari_ritm_training.trainer",
     "run_finetune": "napari_ritm_training.trainer",

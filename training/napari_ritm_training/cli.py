@@ -1,6 +1,6 @@
 """``napari-ritm-finetune``: train or fine-tune a RITM model on images with instance labels.
 
-Every :class:`~napari_ritm_training.trainer.TrainConfig` field is a flag (``--iters-per-epoch``
+Every :class:`~napari_ritm_training.config.TrainConfig` field is a flag (``--iters-per-epoch``
 for ``iters_per_epoch``; ``--from`` for ``from_weights``). Errors the user can fix print one line
 on stderr and exit with status 2; Ctrl+C saves a resumable state and exits with status 130.
 
@@ -21,9 +21,12 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .trainer import TrainConfig, TrainingInterrupted
+from .config import TrainConfig  # torch-free: --help stays fast
+
+if TYPE_CHECKING:
+    from napari_ritm.progress import ProgressCallback
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -156,43 +159,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     config = config_from_args(args)
-    bar = None
-    progress = None
-    from .trainer import _distributed_env
+    from napari_ritm.progress import TqdmProgress
 
-    if not args.quiet and _distributed_env()[0] == 0:
-        from tqdm import tqdm
+    from .build import distributed_env
+    from .trainer import TrainingInterrupted
 
-        def progress(done: int, total: int, message: str) -> None:
-            nonlocal bar
-            if bar is None:  # created on the first step, after data loading messages
-                # initial = the resumed position, so the rate and ETA count this run's steps only
-                bar = tqdm(total=total, initial=max(done - 1, 0), unit="step", dynamic_ncols=True)
-            if bar.total != total:
-                bar.total = total
-            bar.n = done
-            bar.set_description_str(message.split(" (")[0], refresh=False)
-            bar.refresh()
-
-    try:
-        checkpoint = run_finetune_cli(config, progress)
-    except TrainingInterrupted as exc:
-        if bar is not None:
+    # initial=None: after --resume the bar starts at the resumed step, so its rate and ETA
+    # count this session's steps only; the trainer's own timing is dropped from the text.
+    with TqdmProgress(unit="step", initial=None, message_as="description") as bar:
+        progress = bar if not args.quiet and distributed_env()[0] == 0 else None
+        try:
+            checkpoint = run_finetune_cli(config, progress)
+        except TrainingInterrupted as exc:
             bar.close()
-        print(f"napari-ritm-finetune: {exc}", file=sys.stderr)
-        return 130
-    except RitmError as exc:
-        if bar is not None:
+            print(f"napari-ritm-finetune: {exc}", file=sys.stderr)
+            return 130
+        except RitmError as exc:
             bar.close()
-        print(f"napari-ritm-finetune: error: {exc}", file=sys.stderr)
-        return 2
-    if bar is not None:
-        bar.close()
+            print(f"napari-ritm-finetune: error: {exc}", file=sys.stderr)
+            return 2
     print(f"checkpoint: {checkpoint}")
     return 0
 
 
-def run_finetune_cli(config: TrainConfig, progress) -> Any:
+def run_finetune_cli(config: TrainConfig, progress: ProgressCallback | None) -> Any:
     """Indirection so tests can patch the training call."""
     from .trainer import run_finetune
 

@@ -1,0 +1,170 @@
+"""The settings of a training run: :class:`TrainConfig`, its checks and its JSON form.
+
+Torch-free, so building the command line (``napari-ritm-finetune --help``) and the napari
+widget's settings does not load the training stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from napari_ritm.errors import RitmError
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (each one is a ``napari-ritm-finetune`` flag).
+
+    Defaults follow the RITM reference where it applies and the measured CPU run of the
+    training notes otherwise (crop 192, batch 12, object-size scale augmentation).
+
+    Attributes:
+        data: data set folders (see :func:`napari_ritm_training.data.load_folder`).
+        out: run folder (created; must be empty unless resuming).
+        from_weights: start from these weights (registry name or .pth path); None = scratch.
+        variant: architecture from scratch (hrnet18s / hrnet18 / hrnet32); with
+            ``from_weights`` it must match the checkpoint (None = take the checkpoint's).
+        epochs: number of epochs (with ``resume``: 0 keeps the stored count, N extends it).
+        iters_per_epoch: optimiser steps per epoch.
+        batch_size: global batch size (divided between DDP processes).
+        crop: training crop (h, w).
+        lr: Adam learning rate (5e-4).
+        backbone_lr_mult: learning-rate factor of the HRNet backbone and both heads; None =
+            0.1 when starting from weights (reference), 1.0 from scratch.
+        milestones: epochs after which the learning rate is multiplied by ``lr_gamma``; None =
+            one drop after 85% of the epochs.
+        lr_gamma: learning-rate factor at each milestone.
+        weight_decay: Adam weight decay (0 in the reference).
+        val_fraction: fraction of the images/stacks of each data set held out for validation.
+        val_data: extra validation folders (used entirely for validation).
+        val_max_objects: at most this many validation objects (seeded subset).
+        val_max_clicks: click budget of the validation loop (NoC cap, mIoU@1..k).
+        val_crop: side of the crop around each validation object (pixels).
+        val_every: validate every this many epochs (0 = never).
+        val_zoom_in: use ZoomIn in the validation session (reference predictor).
+        val_flip: use horizontal-flip TTA in the validation session.
+        best_metric: "noc85", "noc90" or "miou" (mean mIoU@k) chooses best.pth.
+        seed: seed of the split, the data and the clicks.
+        resume: continue the run in ``out`` from its ``resume.pth``.
+        freeze_backbone: train only the OCR block, the heads and the click encoder.
+        synthetic_fraction: share of training crops drawn from generated cell images.
+        synthetic_images: size of the generated pool.
+        data_weights: sampling weight per ``data`` folder (default equal).
+        min_object_area: smallest target object after augmentation (crop pixels).
+        min_instance_area: instances smaller than this in the source image are ignored.
+        percentiles: normalisation percentiles for non-uint8 images (same as the plugin).
+        scale_mode: "object" (diameter log-uniform in ``diameter_range``), "uniform"
+            (reference, factor in ``scale_range``) or "none".
+        diameter_range: target object diameters in pixels for ``scale_mode="object"``.
+        invert_prob: probability of inverting intensities (brightfield-like dark objects).
+        scale_range: scale factors for ``scale_mode="uniform"``.
+        max_num_points: click slots per sign (24).
+        max_num_next_clicks: largest number of simulated clicks per batch (3).
+        aux_weight: weight of the auxiliary BCE loss (0.4).
+        device: "auto", "cpu", "cuda", "cuda:1", "mps".
+        threads: torch CPU threads per process (None = cores / processes).
+        amp: mixed precision: float16 on CUDA, bfloat16 on CPUs that support it natively.
+        checkpoint_every: also save ``resume.pth`` every this many steps (0 = each epoch only).
+        keep_epoch_checkpoints: also keep ``epoch_NNN.pth`` every this many epochs (0 = no).
+    """
+
+    data: list[str] = field(default_factory=list)
+    out: str = "ritm_run"
+    from_weights: str | None = None
+    variant: str | None = None
+    epochs: int = 10
+    iters_per_epoch: int = 200
+    batch_size: int = 12
+    crop: tuple[int, int] = (192, 192)
+    lr: float = 5e-4
+    backbone_lr_mult: float | None = None
+    milestones: list[int] | None = None
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    val_fraction: float = 0.2
+    val_data: list[str] = field(default_factory=list)
+    val_max_objects: int = 24
+    val_max_clicks: int = 10
+    val_crop: int = 256
+    val_every: int = 1
+    val_zoom_in: bool = True
+    val_flip: bool = True
+    best_metric: str = "noc85"
+    seed: int = 0
+    resume: bool = False
+    freeze_backbone: bool = False
+    synthetic_fraction: float = 0.0
+    synthetic_images: int = 200
+    data_weights: list[float] | None = None
+    min_object_area: int = 80
+    min_instance_area: int = 10
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    scale_mode: str = "object"
+    diameter_range: tuple[float, float] = (14.0, 90.0)
+    invert_prob: float = 0.0
+    scale_range: tuple[float, float] = (0.75, 1.40)
+    max_num_points: int = 24
+    max_num_next_clicks: int = 3
+    aux_weight: float = 0.4
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True
+    checkpoint_every: int = 0
+    keep_epoch_checkpoints: int = 0
+
+    def validate(self, *, has_arrays: bool = False) -> None:
+        """Check values a user can get wrong; raises :class:`RitmError` with the fix.
+
+        Args:
+            has_arrays: in-memory datasets (napari layers) are given besides ``data``.
+        """
+        positive = ("epochs", "iters_per_epoch", "batch_size", "val_max_clicks", "max_num_points")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise RitmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if len(self.crop) != 2 or min(self.crop) < 32:
+            raise RitmError(f"crop must be two sizes (h, w) of at least 32 pixels, got {self.crop}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise RitmError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise RitmError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        if not self.data and not has_arrays and self.synthetic_fraction < 1.0:
+            raise RitmError(
+                "no training data: pass --data FOLDER [FOLDER ...] (or --synthetic-fraction 1 "
+                "to train on generated cells only)"
+            )
+        if self.lr <= 0:
+            raise RitmError(f"lr must be positive, got {self.lr}")
+        if self.best_metric not in ("noc85", "noc90", "miou"):
+            raise RitmError(f"best_metric must be noc85, noc90 or miou, got {self.best_metric!r}")
+        if self.scale_mode not in ("object", "uniform", "none"):
+            raise RitmError(f"scale_mode must be object, uniform or none, got {self.scale_mode!r}")
+        if self.variant is not None:
+            from napari_ritm.model import VARIANTS
+
+            if self.variant not in VARIANTS:
+                raise RitmError(f"unknown variant {self.variant!r}; choose from {sorted(VARIANTS)}")
+        if self.data_weights is not None and len(self.data_weights) != len(self.data):
+            raise RitmError(
+                f"{len(self.data_weights)} data weights for {len(self.data)} data folders; "
+                "give one weight per --data folder"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict`; unknown keys are ignored (older/newer runs)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for key in ("crop", "percentiles", "diameter_range", "scale_range"):
+            if key in kwargs and kwargs[key] is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
