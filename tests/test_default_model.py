@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +17,26 @@ from napari_ritm.inference.clicks import iou
 from napari_ritm.inference.session import ClickSession
 from napari_ritm.model import load_checkpoint
 
+DEFAULT_FILE = "nuclei_hrnet18s.pth"
+
 
 @pytest.fixture(scope="module")
-def default_checkpoint():
+def default_checkpoint() -> Path:
+    """The shipped default model. Its absence FAILS the tests that need it (never a skip): the
+    plugin's first click, the README and the sample data depend on it."""
     try:
         return weights.resolve_weights(weights.DEFAULT_MODEL, download=False)
     except weights.WeightsNotFoundError as exc:
-        pytest.skip(f"default model not shipped in this checkout: {exc}")
+        pytest.fail(f"the shipped default model is missing: {exc}", pytrace=False)
+
+
+def test_default_model_file_is_in_the_package():
+    shipped = files("napari_ritm.weights").joinpath("checkpoints", DEFAULT_FILE)
+    assert shipped.is_file(), f"{shipped} is missing: the package must ship its default model"
+    assert weights.DEFAULT_MODEL == "napari-ritm.nuclei"
+    for name in (weights.DEFAULT_MODEL, "default", "nuclei"):
+        resolved = weights.resolve_weights(name, download=False)
+        assert resolved.name == DEFAULT_FILE and resolved.samefile(Path(str(shipped))), name
 
 
 def test_default_checkpoint_is_small_strict_and_documented(default_checkpoint):
