@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tifffile
 
 import napari_ritm.weights
 from napari_ritm.cli import _model_display_name, build_parser, main
@@ -141,8 +142,9 @@ def test_weights_subcommand_registered() -> None:
     assert callable(args.func)
 
 
-def test_view_forwards_arguments(monkeypatch) -> None:
-    calls = []
+def _fake_launcher(monkeypatch) -> list[list[str]]:
+    """Replace the napari launcher; returns the list of argv it is called with."""
+    calls: list[list[str]] = []
     fake = types.ModuleType("napari_ritm.napari.launch")
 
     def fake_build_parser(parser):
@@ -153,8 +155,38 @@ def test_view_forwards_arguments(monkeypatch) -> None:
     fake.build_parser = fake_build_parser
     fake.main = lambda argv: calls.append(argv) or 0
     monkeypatch.setitem(sys.modules, "napari_ritm.napari.launch", fake)
-    assert main(["view", "cells.tif", "--model", "hrnet18s"]) == 0
-    assert calls == [["cells.tif", "--model", "hrnet18s"]]
+    return calls
+
+
+def test_view_forwards_arguments(monkeypatch, tmp_path) -> None:
+    calls = _fake_launcher(monkeypatch)
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, np.zeros((20, 30), np.uint16))
+    assert main(["view", str(image), "--model", "hrnet18s"]) == 0
+    assert calls == [[str(image), "--model", "hrnet18s"]]
+    assert main(["view"]) == 0  # no image: the sample
+    assert calls[-1] == []
+
+
+def test_view_refuses_a_bad_image_in_one_line(monkeypatch, tmp_path, capsys) -> None:
+    calls = _fake_launcher(monkeypatch)
+    text = tmp_path / "notes.tif"
+    text.write_text("hello world, this is not an image\n")
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.zeros((512, 512), np.uint16))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:20_000])
+    expected = {
+        text: f"napari-ritm: error: cannot read image {text}: it is not an image (it holds text",
+        cut: f"napari-ritm: error: cannot read image {cut}: the TIFF file is truncated (failed "
+        "to read 524288 bytes, got 19744)",
+        tmp_path / "gone.tif": f"napari-ritm: error: image file not found: {tmp_path / 'gone.tif'}",
+    }
+    for path, start in expected.items():
+        assert main(["view", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(start), err
+    assert calls == []  # napari never started
 
 
 def test_baseline_only_needs_no_model(tiny_dataset, tmp_path, capsys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -11,7 +12,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from napari_ritm.errors import DatasetError
+from napari_ritm.errors import DatasetError, ImageReadError
 from napari_ritm.evaluation.datasets import (
     Dataset,
     Sample,
@@ -323,3 +324,122 @@ def test_read_mask_keeps_palette_indices(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError):
         read_image(tmp_path / "bad.png")
+
+
+# -- bad files: one ImageReadError line naming the file, the problem and the fix --------------
+def _good_tiff(path: Path) -> bytes:
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(path, rng.integers(0, 65535, (512, 512), dtype=np.uint16))
+    return path.read_bytes()
+
+
+def _good_png(path: Path) -> bytes:
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(path), rng.integers(0, 255, (256, 256), dtype=np.uint8))
+    return path.read_bytes()
+
+
+READERS = {"image": read_image, "mask/label": read_mask}
+
+
+def _read_error(reader: str, path: Path, capfd: pytest.CaptureFixture[str]) -> str:
+    """Read ``path`` with the given reader; return the one-line message. Nothing may be printed
+    by the libraries and no warning may escape."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageReadError) as err:
+            READERS[reader](path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot read {reader} {path}: ")
+    assert seen == []
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    return message
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_truncated_tiff(tmp_path: Path, reader: str, capfd) -> None:
+    data = _good_tiff(tmp_path / "whole.tif")
+    bad = tmp_path / "cut short.tif"
+    bad.write_bytes(data[:20_000])
+    message = _read_error(reader, bad, capfd)
+    assert "the TIFF file is truncated (failed to read 524288 bytes, got 19744)" in message
+    assert message.endswith("copy it again from its source")
+    assert "imagecodecs" not in message
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_truncated_png(tmp_path: Path, reader: str, capfd) -> None:
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(_good_png(tmp_path / "whole.png")[:3000])
+    message = _read_error(reader, bad, capfd)
+    assert "the PNG file is truncated" in message
+    assert message.endswith("copy it again from its source")
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_corrupt_png(tmp_path: Path, reader: str, capfd) -> None:
+    data = bytearray(_good_png(tmp_path / "whole.png"))
+    data[100:2000] = np.random.default_rng(2).integers(0, 255, 1900, dtype=np.uint8).tobytes()
+    bad = tmp_path / "damaged.png"
+    bad.write_bytes(bytes(data))
+    message = _read_error(reader, bad, capfd)
+    assert "the PNG file is damaged (broken PNG file" in message
+    assert message.endswith("re-export it or copy it again from its source")
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_corrupt_tiff(tmp_path: Path, reader: str, capfd) -> None:
+    data = bytearray(_good_tiff(tmp_path / "whole.tif"))
+    data[8:200] = b"\xff" * 192  # the tag list
+    bad = tmp_path / "damaged.tif"
+    bad.write_bytes(bytes(data))
+    message = _read_error(reader, bad, capfd)
+    assert "the TIFF file is damaged (" in message
+    assert message.endswith("re-export it or copy it again from its source")
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_text_file_named_tif(tmp_path: Path, reader: str, capfd) -> None:
+    bad = tmp_path / "notes.tif"
+    bad.write_text("hello world, this is not an image\n")
+    message = _read_error(reader, bad, capfd)
+    assert "it is not an image (it holds text ('hello world, thi'...))" in message
+    assert "check that the path points at the TIFF file itself" in message
+    assert "pyav" not in message
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_unknown_extension(tmp_path: Path, reader: str, capfd) -> None:
+    bad = tmp_path / "scan.xyz"
+    bad.write_bytes(b"\x00" * 100)
+    message = _read_error(reader, bad, capfd)
+    assert "unknown format '.xyz'; napari-ritm reads .bmp, .gif, .jpeg, .jpg, " in message
+    assert message.endswith("convert it to TIFF or PNG")
+
+
+def test_empty_file_and_misnamed_image(tmp_path: Path, capfd) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert "the file is empty (0 bytes)" in _read_error("image", tmp_path / "empty.png", capfd)
+    # a PNG saved as .tif is read by its content
+    png = _good_png(tmp_path / "a.png")
+    (tmp_path / "png inside.tif").write_bytes(png)
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "png inside.tif"), read_image(tmp_path / "a.png")
+    )
+
+
+def test_bad_file_in_a_data_set_names_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image = np.zeros((40, 50, 3), np.uint8)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:30, 10:30] = 255
+    cv2.imwrite(str(root / "images" / "a.png"), image)
+    cv2.imwrite(str(root / "masks" / "a.png"), mask)
+    data = (root / "images" / "a.png").read_bytes()
+    (root / "images" / "a.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=r"cannot read image .*a\.png: the PNG file is trunc"):
+        list(load_dataset(root))

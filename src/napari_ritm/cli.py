@@ -216,8 +216,29 @@ def _write_json(path: Path, payload: Any) -> None:
 def _cmd_view(args: argparse.Namespace) -> int:
     from napari_ritm.napari.launch import main as launch
 
+    image = getattr(args, "image", None)
+    if image:
+        _check_view_image(Path(image))
     # the launcher parses its own arguments: hand it everything after "view"
     return int(launch(list(args.view_argv)) or 0)
+
+
+def _check_view_image(path: Path) -> None:
+    """Read the image once with napari-ritm's reader before napari starts, so a missing,
+    truncated, damaged or non-image file is one clear line (napari's readers print library
+    warnings and suggest unrelated plugins). Folders and other extensions are left to napari's
+    reader plugins.
+
+    Raises:
+        DatasetError: the file is missing or cannot be read (see ``datasets.read_image``).
+    """
+    from napari_ritm.errors import DatasetError
+    from napari_ritm.evaluation.datasets import IMAGE_EXTENSIONS, read_image
+
+    if not path.exists():
+        raise DatasetError(f"image file not found: {path}; check the path")
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        read_image(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

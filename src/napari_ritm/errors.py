@@ -24,3 +24,8 @@ class ImageFormatError(RitmError):
 
 class DatasetError(RitmError):
     """A dataset folder is empty, malformed, or holds images and labels that do not match."""
+
+
+class ImageReadError(DatasetError):
+    """An image, mask or label file cannot be read: truncated, damaged, not an image, or of a
+    format napari-ritm does not read. The message names the file, the problem and the fix."""
