@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
+import zipfile
 
 import pytest
 import torch
 
-from napari_ritm.errors import CheckpointError
+from napari_ritm.errors import CheckpointError, RitmError
 from napari_ritm.model import build_model, load_checkpoint, official_config, save_checkpoint
+from napari_ritm.model.checkpoint import (
+    MIN_TORCH,
+    UnreadableCheckpointError,
+    torch_version_problem,
+)
 
 
 def test_conformance_checkpoint_loads_strictly_with_every_key(conformance_checkpoint):
@@ -84,12 +92,96 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_corrupted_file_is_refused(tiny_checkpoint, tmp_path):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(tiny_checkpoint.read_bytes()[:100_000])
-    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+    with pytest.raises(UnreadableCheckpointError, match="is truncated") as info:
         load_checkpoint(bad)
+    assert info.value.problem.startswith("is truncated: the file ends early")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint at all")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint but a text file"):
         load_checkpoint(garbage)
+
+
+def _legacy_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"a": torch.zeros(3)}, buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda ckpt: b"", "is empty (0 bytes)"),
+        (lambda ckpt: hashlib.sha512(b"x").digest() * 64, "is not a PyTorch checkpoint (neither"),
+        (lambda ckpt: b"<!DOCTYPE html><html><body>404</body></html>", "but a web page (HTML)"),
+        (lambda ckpt: b"  <html lang='en'><p>login</p></html>", "but a web page (HTML)"),
+        (lambda ckpt: "\u00e9t\u00e9 notes\n".encode(), "but a text file (it starts with 'été"),
+        (lambda ckpt: pickle.dumps({"a": 1}), "but a plain Python pickle"),
+        (lambda ckpt: pickle.dumps(_Payload()), f"refers to code ({os.system.__module__}.system)"),
+        (lambda ckpt: ckpt[:-1], "is truncated"),
+        (lambda ckpt: ckpt[: len(ckpt) // 2], "is truncated"),
+        (lambda ckpt: _legacy_bytes()[:-20], "is truncated"),
+        (lambda ckpt: _zip_bytes(), "is a zip archive but not a PyTorch checkpoint"),
+    ],
+)
+def test_unreadable_files_are_classified_in_one_line(tiny_checkpoint, tmp_path, make, problem):
+    path = tmp_path / "file.pth"
+    path.write_bytes(make(tiny_checkpoint.read_bytes()))
+    with pytest.raises(UnreadableCheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert problem in info.value.problem and message.startswith(f"{path} {info.value.problem}")
+    assert "\n" not in message
+    # torch's own advice for such files (retry with weights_only=False) never reaches users.
+    assert "weights_only" not in message and "corrupted or truncated?" not in message
+
+
+def test_legacy_format_is_read(tmp_path):
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(_legacy_bytes())  # not a RITM state dict: refused for its keys, not its format
+    with pytest.raises(CheckpointError, match="not a RITM HRNet\\+OCR state dict") as info:
+        load_checkpoint(path)
+    assert not isinstance(info.value, UnreadableCheckpointError)
+
+
+@pytest.mark.parametrize(
+    ("version", "problem"),
+    [
+        ("2.13.0+cpu", None),
+        ("2.5.0", None),
+        ("2.6.0a0+git1234", None),
+        ("3.0.0", None),
+        ("not a version", None),
+        ("2.4.1", "napari-ritm needs torch >= 2.5, you have 2.4.1"),
+        ("1.13.1+cu117", "napari-ritm needs torch >= 2.5, you have 1.13.1+cu117"),
+    ],
+)
+def test_torch_version_floor(version, problem):
+    got = torch_version_problem(version)
+    assert (got if got is None else got.split(";")[0]) == problem
+    assert MIN_TORCH == (2, 5)
+
+
+def test_old_torch_is_named_not_blamed_on_the_file(tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.3.1")
+    with pytest.raises(RitmError, match=r"needs torch >= 2\.5, you have 2\.3\.1") as info:
+        load_checkpoint(tiny_checkpoint)
+    assert not isinstance(info.value, CheckpointError)
+    assert "pip install 'torch>=2.5'" in str(info.value)
+
+
+def test_torch_without_safe_globals_is_named(tiny_checkpoint, monkeypatch):
+    """A torch whose version string passes but whose API lacks what loading uses (AttributeError
+    from torch, not from the file)."""
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    with pytest.raises(RitmError, match=r"needs torch >= 2\.5, you have .* without safe_globals"):
+        load_checkpoint(tiny_checkpoint)
 
 
 class _Payload:

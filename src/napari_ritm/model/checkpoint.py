@@ -4,21 +4,33 @@ A checkpoint is ``torch.save`` of ``{"state_dict": ..., "config": {...}}``; ours
 ``"metadata"`` entry (plain builtins) that the official loader ignores. Loading never executes
 code from the file (``weights_only=True``) and is strict: every key used, none missing, equal
 shapes.
+
+Errors say which of these went wrong: the file is missing; it is no checkpoint at all, is
+truncated or damaged, or holds objects that could run code (:class:`UnreadableCheckpointError`,
+decided from its first bytes before torch parses it, so torch's advice to retry with
+``weights_only=False`` never reaches users); it is a checkpoint of another architecture
+(:class:`~napari_ritm.errors.CheckpointError`); or torch is older than :data:`MIN_TORCH`
+(:class:`~napari_ritm.errors.RitmError`, "needs torch >= 2.5, you have 2.3.1").
 """
 
 from __future__ import annotations
 
+import codecs
 import logging
 import math
 import os
 import pickle
+import pickletools
+import re
+import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RitmError
 from ..fileio import atomic_write
 from .configs import VARIANTS, official_config, variant_name
 from .is_model import ISModel
@@ -30,26 +42,193 @@ logger = logging.getLogger(__name__)
 #: defaults already cover, so nothing is added: anything else in a file is refused.
 ALLOWED_GLOBALS: tuple[Any, ...] = ()
 
+#: Oldest torch napari-ritm runs on. The binding API is ``torch.serialization.safe_globals``
+#: (the context manager around every load, new in torch 2.5); everything else used in src/ and
+#: training/ is older: ``torch.load(weights_only=True)`` 1.13, ``torch.amp.GradScaler("cuda")``
+#: 2.3, ``torch.nn.utils.fusion.fuse_conv_bn_eval`` and ``torch.autocast("cpu", bfloat16)`` 1.x.
+MIN_TORCH: tuple[int, int] = (2, 5)
+
 _PREFIXES_TO_STRIP = ("module.", "_orig_mod.")
+_ZIP_MAGIC = b"PK\x03\x04"
+#: The pickled magic number that starts a legacy (pre-zip) ``torch.save`` file.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_SNIFF_BYTES = 512
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """The file cannot be read as a checkpoint at all (as opposed to a readable file of the wrong
+    architecture).
+
+    Attributes:
+        path: the file.
+        problem: what is wrong, as a predicate of the file without advice, e.g. ``"is truncated
+            (the zip archive has no central directory: the download or copy stopped early)"``;
+            callers that know better advice (re-download, re-import) build their own message.
+    """
+
+    def __init__(self, path: Path, problem: str, advice: str) -> None:
+        super().__init__(f"{path} {problem}; {advice}")
+        self.path = path
+        self.problem = problem
+
+
+def _needs_newer_torch(installed: str) -> str:
+    need = ".".join(map(str, MIN_TORCH))
+    return (
+        f"napari-ritm needs torch >= {need}, you have {installed}; upgrade torch "
+        f"(`pip install 'torch>={need}'`, or the build for your machine from pytorch.org)"
+    )
+
+
+def torch_version_problem(version: str | None = None) -> str | None:
+    """Why the installed torch is too old for napari-ritm, or None when it is recent enough.
+
+    Args:
+        version: a torch version string (default: ``torch.__version__``); local suffixes such as
+            ``+cpu`` and pre-release tags are ignored, an unparsable string counts as recent.
+    """
+    text = str(torch.__version__ if version is None else version)
+    match = re.match(r"(\d+)\.(\d+)", text)
+    if match is None or (int(match.group(1)), int(match.group(2))) >= MIN_TORCH:
+        return None
+    return _needs_newer_torch(text)
+
+
+def check_torch_version() -> None:
+    """Refuse to go on with a torch older than :data:`MIN_TORCH`, in one clear line.
+
+    Raises:
+        RitmError: naming the needed and the installed version.
+    """
+    problem = torch_version_problem()
+    if problem is not None:
+        raise RitmError(problem)
+
+
+def _sniff(head: bytes) -> str:
+    """Guess a file's kind from its first bytes: zip, torch-legacy, pickle, html, text, binary."""
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_LEGACY_MAGIC):
+        return "torch-legacy"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # a PROTO opcode: a Python pickle, but not one torch.save wrote
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in start:
+        return "html"
+    try:  # incremental: a character cut at the end of ``head`` is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return "binary"
+    return "text" if all(c.isprintable() or c in "\t\r\n" for c in text) else "binary"
+
+
+def _pickle_globals(path: Path, limit: int = 100_000) -> list[str]:
+    """The ``module.name`` globals a plain pickle refers to, read opcode by opcode (nothing in
+    the file is executed); stops after ``limit`` opcodes."""
+    found: list[str] = []
+    strings: list[str] = []  # STACK_GLOBAL takes module and name from the last two strings
+    try:
+        with open(path, "rb") as fh:
+            for count, (opcode, arg, _pos) in enumerate(pickletools.genops(fh)):
+                if count >= limit:
+                    break
+                if opcode.name == "GLOBAL" and isinstance(arg, str):
+                    found.append(arg.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError, pickle.UnpicklingError):
+        pass  # a broken pickle: report what was found before the break
+    return found
+
+
+def _not_a_checkpoint(path: Path, kind: str, head: bytes) -> str:
+    """The problem sentence for a file whose first bytes are no PyTorch format."""
+    if kind == "html":
+        return (
+            "is not a PyTorch checkpoint but a web page (HTML): a server answered with a page "
+            "(an error, login or proxy page) instead of the file"
+        )
+    if kind == "pickle":
+        names = _pickle_globals(path)
+        if names:
+            return (
+                f"is not a PyTorch checkpoint but a plain Python pickle that refers to code "
+                f"({', '.join(dict.fromkeys(names[:3]))}); loading it could run code from the file"
+            )
+        return "is not a PyTorch checkpoint but a plain Python pickle"
+    if kind == "text":
+        preview = head[:40].decode("utf-8", "replace").splitlines()[0] if head.strip() else ""
+        return f"is not a PyTorch checkpoint but a text file (it starts with {preview!r})"
+    return (
+        "is not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with bytes "
+        f"{head[:8].hex(' ')})"
+    )
+
+
+def _problem_from_load_error(exc: Exception, kind: str) -> str:
+    """The problem sentence for an exception that ``torch.load`` raised on a zip/legacy file."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        match = re.search(r"GLOBAL ([\w.]+)", text)
+        if match is not None:
+            return (
+                f"holds Python objects other than tensors and plain data ({match.group(1)}): "
+                "loading it could run code from the file, so it was refused"
+            )
+        return "is damaged: its pickled content cannot be read"
+    if isinstance(exc, EOFError) or re.search(r"central directory|unexpected EOF", text):
+        return "is truncated: the file ends early (the download or copy did not finish)"
+    if isinstance(exc, RuntimeError) and kind == "zip":
+        detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.splitlines()[0])
+        return f"is a zip archive but not a PyTorch checkpoint ({detail[:120]})"
+    return f"is damaged: torch cannot read it ({type(exc).__name__}: {text.splitlines()[0][:120]})"
+
+
+_LOAD_ADVICE = "pass a .pth checkpoint saved by napari-ritm or released with RITM"
 
 
 def _read_file(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    check_torch_version()
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if not head:
+        raise UnreadableCheckpointError(
+            path, "is empty (0 bytes): the download or copy did not finish", _LOAD_ADVICE
+        )
+    kind = _sniff(head)
+    if kind not in ("zip", "torch-legacy"):
+        # Refused before torch.load: its messages for non-checkpoints suggest weights_only=False.
+        raise UnreadableCheckpointError(path, _not_a_checkpoint(path, kind, head), _LOAD_ADVICE)
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+        allow = torch.serialization.safe_globals
+    except AttributeError as exc:  # the version check above cannot see patched or odd builds
+        raise RitmError(_needs_newer_torch(f"{torch.__version__} without safe_globals")) from exc
+    try:
+        with allow(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} was refused: it holds objects other than tensors and plain data, and loading "
-            f"it could run code from the file ({str(exc).splitlines()[0]}). Only load checkpoints "
-            "from sources you trust, saved in the RITM format."
-        ) from exc
-    except Exception as exc:
-        # Any other failure means the bytes are not a checkpoint: torch's unpickler raises
-        # RuntimeError, EOFError, BadZipFile, IndexError... depending on where parsing breaks.
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupted or truncated?): {exc}"
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        struct.error,
+        zipfile.BadZipFile,
+        # torch's own API was checked above (version, safe_globals), so these two come from
+        # content the unpickler could not rebuild.
+        AttributeError,
+        TypeError,
+    ) as exc:
+        # What torch's unpickler and zip reader raise where parsing breaks.
+        raise UnreadableCheckpointError(
+            path, _problem_from_load_error(exc, kind), _LOAD_ADVICE
         ) from exc
 
 
