@@ -8,6 +8,11 @@ iterations, time, machine, normalization of the last stage); ``--stages`` adds e
 stage's command, epochs, steps and time under ``metadata["training"]`` (the model is trained in
 stages, scripts/train_default_model.sh), and ``--scores`` adds the summaries of
 ``napari-ritm evaluate --json`` runs under ``metadata["scores"]``.
+
+Beside the checkpoint it writes its record ``nuclei_hrnet18s.json`` (sha256, size, architecture,
+and the listing texts generated from the metadata: what it was trained on and from what start),
+which ``napari-ritm weights list`` shows and every load checks. ``--record-only`` rewrites the
+record of the checkpoint already at ``--dest`` without changing the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import platform
 from pathlib import Path
 
 from napari_ritm.model import load_checkpoint, save_checkpoint
+from napari_ritm.weights.shipping import write_shipped_record
 
 DEST = (
     Path(__file__).resolve().parents[1] / "src/napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth"
@@ -57,12 +63,22 @@ def stage_record(run_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="trained checkpoint to ship")
     parser.add_argument("--scores", type=Path, nargs="*", default=[])
     parser.add_argument("--stages", type=Path, nargs="*", default=[], help="run folders, in order")
     parser.add_argument("--note", default=None, help="free text on how it was trained")
     parser.add_argument("--dest", type=Path, default=DEST)
+    parser.add_argument(
+        "--record-only",
+        action="store_true",
+        help="only (re)write the record (sha256, texts) of the checkpoint at --dest",
+    )
     args = parser.parse_args()
+    if args.record_only:
+        print(write_shipped_record(args.dest))
+        return
+    if args.checkpoint is None:
+        parser.error("give the checkpoint to ship (or --record-only)")
     model = load_checkpoint(args.checkpoint)
     metadata = dict(model.metadata)
     metadata.pop("source", None)
@@ -90,7 +106,8 @@ def main() -> None:
         if args.note:
             metadata["training"]["note"] = args.note
     out = save_checkpoint(model, args.dest, metadata=metadata, half=True)
-    print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    record = write_shipped_record(out)
+    print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB), record {record}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Weights registry, cache, resumable download (against a real local HTTP server), import, CLI."""
+"""Weights: registry, shipped record, pooch downloads against a local HTTP server, verification,
+quarantine, import with a recorded hash, CLI."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import dataclasses
 import hashlib
 import http.server
-import importlib.util
+import json
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,68 +17,49 @@ from pathlib import Path
 import pytest
 
 from napari_ritm import weights
+from napari_ritm.cli import main as cli_main
 from napari_ritm.errors import CheckpointError, RitmError, WeightsNotFoundError
-from napari_ritm.weights import WEIGHTS, WeightsSpec
+from napari_ritm.weights import WEIGHTS, CorruptWeightsError, WeightsSpec
+from napari_ritm.weights import registry as registry_module
+from napari_ritm.weights.shipping import describe_training, shipped_record
 
 OFFICIAL_BASE = "https://github.com/saic-vul/ritm_interactive_segmentation/releases/download/v1.0/"
-
-
-def _has_model_io() -> bool:
-    if importlib.util.find_spec("napari_ritm.model") is None:
-        return False
-    import napari_ritm.model as model
-
-    return all(hasattr(model, n) for n in ("build_model", "save_checkpoint", "load_checkpoint"))
-
-
-needs_model = pytest.mark.skipif(not _has_model_io(), reason="napari_ritm.model is not written yet")
+SHIPPED = registry_module.CHECKPOINT_DIR / "nuclei_hrnet18s.pth"
+SHIPPED_RECORD = registry_module.CHECKPOINT_DIR / "nuclei_hrnet18s.json"
+HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>proxy</body></html>\n"
 
 
 # ---------------------------------------------------------------------------------------------
-# A small HTTP server on 127.0.0.1 that serves byte strings, honours Range, and can misbehave.
+# A small HTTP server on 127.0.0.1 that serves byte strings and can cut a connection once.
 
 
 class _Server:
     def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[dict[str, str]] = []
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.requests: list[str] = []
         self.drop_after: int | None = None  # close the connection after this many body bytes
-        self.ignore_range = False
         state = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 10  # a stuck client cannot hold a handler thread for long
 
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
             def do_GET(self) -> None:
-                state.requests.append({"path": self.path, "range": self.headers.get("Range", "")})
-                data = state.files.get(self.path.lstrip("/"))
-                if data is None:
+                state.requests.append(self.path)
+                entry = state.files.get(self.path.lstrip("/"))
+                if entry is None:
                     self.send_error(404)
                     return
-                start, status = 0, 200
-                rng = self.headers.get("Range")
-                if rng and not state.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    status = 206
-                body = data[start:]
-                self.send_response(status)
-                self.send_header("Content-Type", "application/octet-stream")
+                body, content_type = entry
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 if state.drop_after is not None:
-                    cut = state.drop_after
-                    state.drop_after = None  # misbehave once
+                    cut, state.drop_after = state.drop_after, None  # misbehave once
                     self.wfile.write(body[:cut])
                     self.wfile.flush()
                     self.close_connection = True
@@ -92,9 +75,13 @@ class _Server:
         )
         self.thread.start()
 
+    def serve(self, name: str, body: bytes, content_type: str = "application/octet-stream"):
+        self.files[name] = (body, content_type)
+
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.thread.join(timeout=10)
 
 
 @pytest.fixture()
@@ -112,10 +99,15 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def _add_entry(
-    monkeypatch: pytest.MonkeyPatch, data: bytes | None, **changes: object
-) -> WeightsSpec:
-    """Register a test entry 'test.blob' whose file is blob.pth with the sha256 of ``data``."""
+@pytest.fixture(scope="module")
+def ckpt_bytes(tiny_checkpoint: Path) -> bytes:
+    """A real hrnet18s ITER-M checkpoint (seeded random weights, made by conftest)."""
+    return tiny_checkpoint.read_bytes()
+
+
+def _add_entry(monkeypatch: pytest.MonkeyPatch, sha_of: bytes | None, **changes) -> WeightsSpec:
+    """Register 'test.blob' (file blob.pth), with the sha256 of ``sha_of`` or no hash (like the
+    official files)."""
     fields = {
         "name": "test.blob",
         "file_name": "blob.pth",
@@ -123,11 +115,11 @@ def _add_entry(
         "with_prev_mask": True,
         "train_data": "none",
         "description": "test entry",
-        "sha256": hashlib.sha256(data).hexdigest() if data is not None else None,
+        "sha256": hashlib.sha256(sha_of).hexdigest() if sha_of is not None else None,
         "aliases": ("blob-alias",),
     }
     fields.update(changes)
-    spec = WeightsSpec(**fields)  # type: ignore[arg-type]
+    spec = WeightsSpec(**fields)
     monkeypatch.setitem(WEIGHTS, spec.name, spec)
     return spec
 
@@ -142,19 +134,27 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
+def _fetch(server: _Server, **kwargs) -> Path:
+    return weights.fetch_weights(
+        "test.blob", progress=False, base_url=server.base_url, timeout=10, **kwargs
+    )
+
+
+def _assert_refusal(message: str, server: _Server, cache: Path, what: str) -> None:
+    """One line naming the URL, what is wrong, the command to run and the manual path."""
+    assert "\n" not in message
+    assert server.base_url + "blob.pth" in message
+    assert what in message
+    assert "napari-ritm weights fetch test.blob" in message
+    assert f"save it as {cache / 'blob.pth'}" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry and name resolution
 
 
 def test_registry_has_the_five_official_files():
     official = {s.file_name: s for s in WEIGHTS.values() if s.kind == "official"}
-    assert set(official) == {
-        "sbd_h18_itermask.pth",
-        "coco_lvis_h18_baseline.pth",
-        "coco_lvis_h18s_itermask.pth",
-        "coco_lvis_h18_itermask.pth",
-        "coco_lvis_h32_itermask.pth",
-    }
     expect = {  # file -> (variant, with_prev_mask, train data), ritm-reference §1.2
         "sbd_h18_itermask.pth": ("hrnet18", True, "SBD"),
         "coco_lvis_h18_baseline.pth": ("hrnet18", False, "COCO+LVIS"),
@@ -162,11 +162,12 @@ def test_registry_has_the_five_official_files():
         "coco_lvis_h18_itermask.pth": ("hrnet18", True, "COCO+LVIS"),
         "coco_lvis_h32_itermask.pth": ("hrnet32", True, "COCO+LVIS"),
     }
+    assert set(official) == set(expect)
     for file_name, spec in official.items():
         assert (spec.variant, spec.with_prev_mask, spec.train_data) == expect[file_name]
-        assert spec.sha256 is None  # no published hash
+        assert (spec.sha256, spec.size_bytes) == (None, None)  # nothing published
+        assert spec.verified_by == "strict load"
         assert spec.license == "MIT"
-        assert spec.size
     assert official["coco_lvis_h18s_itermask.pth"].name == "hrnet18s.cocolvis_itermask"
 
 
@@ -194,6 +195,7 @@ def test_official_urls_and_override(monkeypatch: pytest.MonkeyPatch):
         ("sbd_h18_itermask", "hrnet18.sbd_itermask"),
         ("coco_lvis_h18_baseline", "hrnet18.cocolvis_baseline"),
         ("hrnet32", "hrnet32.cocolvis_itermask"),
+        ("default", "napari-ritm.nuclei"),
     ],
 )
 def test_aliases(alias: str, canonical: str):
@@ -229,7 +231,7 @@ def test_resolve_paths_and_unknown_names(cache: Path, tmp_path: Path):
         weights.resolve_weights(tmp_path)
     with pytest.raises(WeightsNotFoundError, match=r"unknown model 'nonsense'.*weights list"):
         weights.resolve_weights("nonsense")
-    # A cached official file resolves without any network access.
+    # A cached official file resolves without any network access (its load checks it).
     cache.mkdir(parents=True)
     (cache / "coco_lvis_h18_itermask.pth").write_bytes(b"y")
     assert weights.resolve_weights("hrnet18") == cache / "coco_lvis_h18_itermask.pth"
@@ -237,38 +239,26 @@ def test_resolve_paths_and_unknown_names(cache: Path, tmp_path: Path):
         weights.resolve_weights("hrnet32", download=False)
 
 
-def test_default_model_not_shipped_yet(cache: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(weights, "_CHECKPOINT_DIR", tmp_path / "no-checkpoints")
-    for name in (None, weights.DEFAULT_MODEL):
-        with pytest.raises(WeightsNotFoundError, match="not shipped") as info:
-            weights.resolve_weights(name)
-        assert "hrnet18s" in str(info.value)  # says what to use instead
-        assert str(tmp_path / "no-checkpoints") in str(info.value)
-    with pytest.raises(WeightsNotFoundError, match="not shipped"):
-        weights.fetch_weights(weights.DEFAULT_MODEL)
-    default = next(i for i in weights.list_weights() if i.name == weights.DEFAULT_MODEL)
-    assert (default.kind, default.cached, default.status) == ("shipped", False, "not shipped yet")
-    # Once the file exists it is what the default resolves to.
-    shipped = tmp_path / "no-checkpoints" / WEIGHTS[weights.DEFAULT_MODEL].file_name
-    shipped.parent.mkdir()
-    shipped.write_bytes(b"z")
-    assert weights.resolve_weights(None) == shipped
-    default = next(i for i in weights.list_weights() if i.name == weights.DEFAULT_MODEL)
-    assert (default.cached, default.status) == (True, "shipped")
-
-
-def test_list_weights_reports_cache_state(cache: Path):
+def test_list_weights_reports_cache_state_and_verification(cache: Path):
     infos = {i.name: i for i in weights.list_weights()}
-    assert set(WEIGHTS) <= set(infos)
+    assert set(infos) == set(WEIGHTS)
     h18s = infos["hrnet18s.cocolvis_itermask"]
-    assert (h18s.kind, h18s.variant, h18s.cached, h18s.status) == (
+    assert (h18s.kind, h18s.variant, h18s.cached, h18s.status, h18s.verified_by) == (
         "official",
         "hrnet18s",
         False,
         "not downloaded",
+        "strict load",
     )
     assert h18s.path == cache / "coco_lvis_h18s_itermask.pth"
     assert h18s.url == OFFICIAL_BASE + "coco_lvis_h18s_itermask.pth"
+    default = infos[weights.DEFAULT_MODEL]
+    assert (default.kind, default.cached, default.status, default.verified_by) == (
+        "shipped",
+        True,
+        "shipped",
+        "sha256",
+    )
     cache.mkdir()
     h18s.path.write_bytes(b"x")
     again = {i.name: i for i in weights.list_weights()}["hrnet18s.cocolvis_itermask"]
@@ -276,108 +266,263 @@ def test_list_weights_reports_cache_state(cache: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Downloads
+# The shipped default model and its record
 
 
-def test_fetch_downloads_verifies_and_caches(server: _Server, cache: Path, monkeypatch):
-    data = bytes(range(256)) * 1000
-    server.files["blob.pth"] = data
-    _add_entry(monkeypatch, data)
+def test_shipped_record_agrees_with_the_checkpoint():
+    record = json.loads(SHIPPED_RECORD.read_text())
+    assert record["sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    assert record["size_bytes"] == SHIPPED.stat().st_size
+    # Regenerated from the checkpoint (its metadata, its bytes), the record is the same.
+    assert shipped_record(SHIPPED) == record
+    spec = WEIGHTS[weights.DEFAULT_MODEL]
+    assert (spec.sha256, spec.size_bytes) == (record["sha256"], record["size_bytes"])
+    assert (spec.variant, spec.with_prev_mask) == (record["variant"], record["with_prev_mask"])
+    assert (spec.train_data, spec.description) == (record["train_data"], record["description"])
+    # The default was trained from scratch on microscopy (its metadata says so), not COCO+LVIS.
+    assert "trained from scratch" in spec.description
+    assert "COCO" not in spec.description + spec.train_data
+    assert "synthetic" in spec.train_data
+
+
+def test_describe_training_from_metadata():
+    scratch = {
+        "kind": "napari-ritm-finetune",
+        "init": "runs/a/last.pth",
+        "training": {"iterations": 300, "stages": [{"init": "scratch (Xavier)"}, {"init": "x"}]},
+        "data": {
+            "train": [
+                {"name": "A", "source": "data/microscopy/A", "n_objects": 10},
+                {"name": "B", "source": "data/microscopy/B", "n_objects": 1200},
+            ],
+            "synthetic": {"n_images": 40},
+            "synthetic_fraction": 0.25,
+        },
+    }
+    assert describe_training(scratch, "hrnet18s", True) == (
+        "2 microscopy data sets (A, B; 1,210 objects) + 40 synthetic cell-like images "
+        "(25% of the samples)",
+        "HRNet18s+OCR ITER-M, trained from scratch with napari-ritm-finetune "
+        "(300 iterations in 2 stages); ships with the package",
+    )
+    tuned = {"init": "/w/coco_lvis_h18_itermask.pth", "iteration": 50, "data": {"train": []}}
+    assert describe_training(tuned, "hrnet18", True) == (
+        "unrecorded (the data record lists no set)",
+        "HRNet18+OCR ITER-M, fine-tuned from hrnet18.cocolvis_itermask (COCO+LVIS) "
+        "(50 iterations); ships with the package",
+    )
+
+
+def test_default_model_resolves_to_the_verified_shipped_file(cache: Path):
+    assert weights.resolve_weights(None) == SHIPPED
+    assert weights.resolve_weights("default", download=False) == SHIPPED
+    assert weights.fetch_weights(weights.DEFAULT_MODEL) == SHIPPED
+    assert not cache.exists()  # nothing downloaded, nothing written
+
+
+def test_damaged_or_missing_shipped_file_is_refused(cache: Path, tmp_path: Path, monkeypatch):
+    fake_dir = tmp_path / "checkpoints"
+    fake_dir.mkdir()
+    monkeypatch.setattr(registry_module, "CHECKPOINT_DIR", fake_dir)
+    with pytest.raises(WeightsNotFoundError, match="missing from this installation") as info:
+        weights.resolve_weights(None)
+    assert "hrnet18s" in str(info.value) and str(fake_dir / SHIPPED.name) in str(info.value)
+    damaged = bytearray(SHIPPED.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (fake_dir / SHIPPED.name).write_bytes(bytes(damaged))
+    with pytest.raises(CorruptWeightsError, match=r"has sha256 .*reinstall napari-ritm"):
+        weights.resolve_weights(weights.DEFAULT_MODEL)
+    assert (fake_dir / SHIPPED.name).is_file()  # a package file is never moved
+    assert not (cache / "quarantine").exists()
+    spec = dataclasses.replace(WEIGHTS[weights.DEFAULT_MODEL], sha256=None, size_bytes=None)
+    monkeypatch.setitem(WEIGHTS, spec.name, spec)
+    with pytest.raises(CorruptWeightsError, match="no hash record"):
+        weights.load_model(None, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads: one good file, and each way a file can be bad
+
+
+def test_good_download_without_hash_is_checked_by_strict_load(
+    server: _Server, cache: Path, monkeypatch, ckpt_bytes: bytes
+):
+    server.serve("blob.pth", ckpt_bytes)
+    _add_entry(monkeypatch, None)  # like the official files: no published hash
     monkeypatch.setenv("NAPARI_RITM_WEIGHTS_URL", server.base_url)
     seen: list[tuple[int, int, str]] = []
     path = weights.fetch_weights("blob-alias", progress=lambda d, t, m: seen.append((d, t, m)))
     assert path == cache / "blob.pth"
-    assert path.read_bytes() == data
-    assert _leftovers(cache) == ["blob.pth"]  # no .part or temporary files left
-    assert seen[-1][:2] == (len(data), len(data)) and "blob.pth" in seen[-1][2]
+    assert path.read_bytes() == ckpt_bytes
+    assert _leftovers(cache) == ["blob.pth"]  # no temporary, staging or .part file
+    assert seen[-1] == (len(ckpt_bytes), len(ckpt_bytes), "downloading blob.pth")
     assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
-    # Second call: served from the cache, no request.
-    n = len(server.requests)
-    assert weights.fetch_weights("test.blob", progress=False) == path
-    assert len(server.requests) == n
-    # resolve_weights goes through the same cache.
-    assert weights.resolve_weights("test.blob") == path
+    model = weights.load_model("test.blob", device="cpu")
+    assert (model.variant, model.with_prev_mask, model.training) == ("hrnet18s", True, False)
+    assert model.metadata["note"] == "test fixture, random weights"
+    assert server.requests == ["/blob.pth"]  # loading used the cache
 
 
-def test_fetch_base_url_argument(server: _Server, cache: Path, monkeypatch):
-    server.files["sub/blob.pth"] = b"abc" * 100
-    _add_entry(monkeypatch, b"abc" * 100)
-    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url + "sub")
-    assert path.read_bytes() == b"abc" * 100
-    assert server.requests[-1]["path"] == "/sub/blob.pth"
-
-
-def test_wrong_hash_is_rejected_and_leaves_no_file(server: _Server, cache: Path, monkeypatch):
-    server.files["blob.pth"] = b"real content" * 1000
-    _add_entry(monkeypatch, b"other content")
-    with pytest.raises(WeightsNotFoundError, match="sha256") as info:
-        weights.fetch_weights("test.blob", progress=False, base_url=server.base_url)
-    assert server.base_url + "blob.pth" in str(info.value)
-    assert _leftovers(cache) == []
-
-
-def test_interrupted_download_resumes_with_range(server: _Server, cache: Path, monkeypatch):
-    data = hashlib.sha512(b"seed").digest() * 4000  # 256 kB
-    server.files["blob.pth"] = data
+def test_good_download_with_hash(server: _Server, cache: Path, monkeypatch):
+    data = bytes(range(256)) * 1000
+    server.serve("sub/blob.pth", data)
     _add_entry(monkeypatch, data)
-    server.drop_after = 100_000
-    with pytest.raises(WeightsNotFoundError) as info:
-        weights.fetch_weights("test.blob", progress=False, base_url=server.base_url, retries=0)
-    part = cache / "blob.pth.part"
-    assert part.read_bytes() == data[:100_000]  # partial bytes kept, under a .part name
-    assert not (cache / "blob.pth").exists()  # nothing where a good file is expected
-    assert "resumes" in str(info.value) and str(part) in str(info.value)
-    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url, retries=0)
+    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url + "sub")
     assert path.read_bytes() == data
-    assert server.requests[-1]["range"] == "bytes=100000-"
+    assert server.requests == ["/sub/blob.pth"]
+    assert weights.fetch_weights("test.blob", progress=False) == path  # cached: no request
+    assert weights.resolve_weights("test.blob") == path  # hash checked again, still good
+    assert len(server.requests) == 1
+
+
+def test_wrong_hash_is_refused_and_the_next_fetch_downloads_again(
+    server: _Server, cache: Path, monkeypatch
+):
+    good = b"the real file" * 1000
+    bad = b"another file!" * 1000
+    server.serve("blob.pth", bad)
+    _add_entry(monkeypatch, good)
+    with pytest.raises(CorruptWeightsError) as info:
+        _fetch(server)
+    _assert_refusal(str(info.value), server, cache, hashlib.sha256(bad).hexdigest())
+    assert f"expected {hashlib.sha256(good).hexdigest()}" in str(info.value)
+    assert _leftovers(cache) == []
+    server.serve("blob.pth", good)
+    assert _fetch(server).read_bytes() == good
     assert _leftovers(cache) == ["blob.pth"]
 
 
-def test_retry_within_one_call_resumes(server: _Server, cache: Path, monkeypatch):
-    data = b"0123456789" * 20_000
-    server.files["blob.pth"] = data
-    _add_entry(monkeypatch, data)
-    server.drop_after = 65_536 + 17
-    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url, retries=1)
-    assert path.read_bytes() == data
-    assert [r["range"] for r in server.requests] == ["", "bytes=65553-"]
+def test_html_page_is_quarantined_and_the_next_fetch_downloads_again(
+    server: _Server, cache: Path, monkeypatch, ckpt_bytes: bytes
+):
+    server.serve("blob.pth", HTML, "text/html")
+    _add_entry(monkeypatch, None)
+    with pytest.raises(CorruptWeightsError) as info:
+        _fetch(server)
+    _assert_refusal(str(info.value), server, cache, "is not a PyTorch checkpoint but a web page")
+    assert "weights_only" not in str(info.value)
+    assert f"moved to {cache / 'quarantine' / 'blob.pth'}" in str(info.value)
+    assert _leftovers(cache) == ["quarantine"]
+    assert (cache / "quarantine" / "blob.pth").read_bytes() == HTML  # kept for a look
+    server.serve("blob.pth", ckpt_bytes)
+    assert _fetch(server).read_bytes() == ckpt_bytes
+    assert _leftovers(cache) == ["blob.pth", "quarantine"]
 
 
-def test_resume_when_server_ignores_range(server: _Server, cache: Path, monkeypatch):
-    data = b"abcdefgh" * 10_000
-    server.files["blob.pth"] = data
-    _add_entry(monkeypatch, data)
+@pytest.mark.parametrize(
+    ("cut", "what"),
+    [
+        (slice(0, 100_000), "is truncated"),
+        (slice(0, -1), "is truncated"),
+    ],
+)
+def test_truncated_file_is_quarantined(
+    server: _Server, cache: Path, monkeypatch, ckpt_bytes: bytes, cut: slice, what: str
+):
+    server.serve("blob.pth", ckpt_bytes[cut])  # a complete answer holding a partial file
+    _add_entry(monkeypatch, None)
+    with pytest.raises(CorruptWeightsError) as info:
+        _fetch(server)
+    _assert_refusal(str(info.value), server, cache, what)
+    assert _leftovers(cache) == ["quarantine"]
+    assert _leftovers(cache / "quarantine") == ["blob.pth"]
+
+
+def test_garbage_and_wrong_architecture_are_quarantined(
+    server: _Server, cache: Path, monkeypatch, ckpt_bytes: bytes
+):
+    server.serve("blob.pth", hashlib.sha512(b"seed").digest() * 100)
+    _add_entry(monkeypatch, None)
+    with pytest.raises(CorruptWeightsError) as info:
+        _fetch(server)
+    _assert_refusal(str(info.value), server, cache, "is not a PyTorch checkpoint (neither")
+    # A real checkpoint, but not the architecture the entry promises (a wrong mirror file).
+    server.serve("blob.pth", ckpt_bytes)
+    _add_entry(monkeypatch, None, variant="hrnet18")
+    with pytest.raises(CorruptWeightsError) as info:
+        _fetch(server)
+    _assert_refusal(
+        str(info.value), server, cache, "holds a hrnet18s model (prev-mask input: True)"
+    )
+    assert (cache / "quarantine" / "blob.pth").read_bytes() == ckpt_bytes  # the latest only
+    assert _leftovers(cache) == ["quarantine"]
+
+
+def test_recorded_size_is_checked(server: _Server, cache: Path, monkeypatch, ckpt_bytes):
+    server.serve("blob.pth", ckpt_bytes)
+    _add_entry(monkeypatch, None, size_bytes=len(ckpt_bytes) + 1)
+    assert WEIGHTS["test.blob"].verified_by == "size + strict load"
+    with pytest.raises(CorruptWeightsError) as info:
+        _fetch(server)
+    _assert_refusal(str(info.value), server, cache, f"has {len(ckpt_bytes):,} bytes, expected")
+    _add_entry(monkeypatch, None, size_bytes=len(ckpt_bytes))
+    assert _fetch(server).stat().st_size == len(ckpt_bytes)
+
+
+def test_bad_cached_file_is_quarantined_on_load_and_fetched_again(
+    server: _Server, cache: Path, monkeypatch, ckpt_bytes: bytes
+):
+    """A file already in the cache that fails its load (saved by hand, damaged on disk)."""
+    server.serve("blob.pth", ckpt_bytes)
+    _add_entry(monkeypatch, None)
+    monkeypatch.setenv("NAPARI_RITM_WEIGHTS_URL", server.base_url)
     cache.mkdir()
-    (cache / "blob.pth.part").write_bytes(data[:1234])
-    server.ignore_range = True  # answers 200 with the whole file: must restart, not append
-    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url)
-    assert path.read_bytes() == data
+    (cache / "blob.pth").write_bytes(ckpt_bytes[:-1000])
+    with pytest.raises(CorruptWeightsError) as info:
+        weights.load_model("test.blob", device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"{cache / 'blob.pth'} is truncated")
+    assert "napari-ritm weights fetch test.blob" in message and "\n" not in message
+    assert _leftovers(cache) == ["quarantine"]
+    assert server.requests == []
+    model = weights.load_model("test.blob", device="cpu", progress=False)  # downloads again
+    assert model.variant == "hrnet18s" and server.requests == ["/blob.pth"]
 
 
-def test_stale_part_longer_than_file_restarts(server: _Server, cache: Path, monkeypatch):
-    data = b"short file"
-    server.files["blob.pth"] = data
-    _add_entry(monkeypatch, None)  # unknown hash: only the size can be checked
+def test_cached_file_with_wrong_hash_is_quarantined(cache: Path, monkeypatch):
+    _add_entry(monkeypatch, b"expected")
     cache.mkdir()
-    (cache / "blob.pth.part").write_bytes(b"x" * 100)  # 416 from the server -> start again
-    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url)
-    assert path.read_bytes() == data
+    (cache / "blob.pth").write_bytes(b"something else")
+    with pytest.raises(CorruptWeightsError, match=r"blob\.pth has sha256 .*weights fetch test"):
+        weights.resolve_weights("test.blob", download=False)
+    assert _leftovers(cache) == ["quarantine"]
+    with pytest.raises(WeightsNotFoundError, match="not in the cache"):
+        weights.resolve_weights("test.blob", download=False)
 
 
-def test_complete_part_file_is_not_downloaded_again(server: _Server, cache: Path, monkeypatch):
-    data = b"complete" * 1000
-    server.files["blob.pth"] = data
+def test_old_torch_is_named_and_the_cached_file_kept(cache: Path, monkeypatch, ckpt_bytes):
+    import torch
+
+    _add_entry(monkeypatch, None)
+    cache.mkdir()
+    (cache / "blob.pth").write_bytes(ckpt_bytes)
+    monkeypatch.setattr(torch, "__version__", "2.4.1")
+    with pytest.raises(RitmError, match=r"needs torch >= 2\.5, you have 2\.4\.1") as info:
+        weights.load_model("test.blob", device="cpu")
+    assert not isinstance(info.value, CheckpointError)
+    assert _leftovers(cache) == ["blob.pth"]  # the file is fine: not quarantined
+
+
+def test_connection_cut_leaves_nothing_and_retry_downloads_again(
+    server: _Server, cache: Path, monkeypatch
+):
+    data = hashlib.sha512(b"seed").digest() * 4000  # 256 kB
+    server.serve("blob.pth", data)
     _add_entry(monkeypatch, data)
-    cache.mkdir()
-    (cache / "blob.pth.part").write_bytes(data)  # e.g. killed between download and rename
-    path = weights.fetch_weights("test.blob", progress=False, base_url=server.base_url)
-    assert path.read_bytes() == data
-    assert [r["range"] for r in server.requests] == [f"bytes={len(data)}-"]  # answered 416
+    server.drop_after = 100_000
+    with pytest.raises(WeightsNotFoundError, match="broke off") as info:
+        _fetch(server, retries=0)
+    assert not isinstance(info.value, CorruptWeightsError)
+    assert _leftovers(cache) == []
+    server.drop_after = 100_000
+    assert _fetch(server, retries=1).read_bytes() == data  # the second attempt starts again
+    assert server.requests == ["/blob.pth"] * 3
+    assert _leftovers(cache) == ["blob.pth"]
 
 
 def test_tqdm_progress_bar(server: _Server, cache: Path, monkeypatch, capsys):
     data = b"p" * 300_000
-    server.files["blob.pth"] = data
+    server.serve("blob.pth", data)
     _add_entry(monkeypatch, data)
     weights.fetch_weights("test.blob", progress=True, base_url=server.base_url)
     err = capsys.readouterr().err
@@ -390,18 +535,18 @@ def test_offline_error_names_url_cache_path_and_env(cache: Path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as info:
         weights.fetch_weights("test.blob", progress=False, base_url=base, retries=0)
     message = str(info.value)
-    assert base + "blob.pth" in message
-    assert str(cache / "blob.pth") in message
+    assert "connection failed: Connection refused" in message and "offline" in message
+    assert f"download {base}blob.pth with a browser and save it as {cache / 'blob.pth'}" in message
     assert "NAPARI_RITM_CACHE" in message and "NAPARI_RITM_WEIGHTS_URL" in message
-    assert isinstance(info.value, RitmError)
-    assert not (cache / "blob.pth").exists()
+    assert _leftovers(cache) == []
 
 
 def test_http_404_is_not_retried(server: _Server, cache: Path, monkeypatch):
     _add_entry(monkeypatch, b"x")
     with pytest.raises(WeightsNotFoundError, match="HTTP 404"):
-        weights.fetch_weights("test.blob", progress=False, base_url=server.base_url, retries=3)
-    assert len(server.requests) == 1
+        _fetch(server, retries=3)
+    assert server.requests == ["/blob.pth"]
+    assert _leftovers(cache) == []
 
 
 def test_fetch_unknown_name(cache: Path):
@@ -410,70 +555,66 @@ def test_fetch_unknown_name(cache: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Real checkpoints: load_model over HTTP, import
+# Import: validated, copied, hash recorded and checked on every load
 
 
-@pytest.fixture(scope="module")
-def h18s_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not _has_model_io():
-        pytest.skip("napari_ritm.model is not written yet")
-    from napari_ritm.model import build_model, save_checkpoint
-
-    path = tmp_path_factory.mktemp("ckpt") / "h18s.pth"
-    return save_checkpoint(build_model("hrnet18s", init="none"), path, metadata={"note": "test"})
-
-
-@needs_model
-def test_load_model_downloads_and_checks_architecture(
-    server: _Server, cache: Path, monkeypatch, h18s_checkpoint: Path
-):
-    data = h18s_checkpoint.read_bytes()
-    server.files["blob.pth"] = data
-    _add_entry(monkeypatch, data)
-    monkeypatch.setenv("NAPARI_RITM_WEIGHTS_URL", server.base_url)
-    model = weights.load_model("test.blob", device="cpu", progress=False)
-    assert (model.variant, model.with_prev_mask, model.training) == ("hrnet18s", True, False)
-    assert model.metadata.get("note") == "test"
-    assert next(model.parameters()).device.type == "cpu"
-    # The same file under an entry that promises another architecture is refused.
-    spec = dataclasses.replace(WEIGHTS["test.blob"], variant="hrnet18")
-    monkeypatch.setitem(WEIGHTS, "test.blob", spec)
-    with pytest.raises(CheckpointError, match=r"hrnet18s model.*is a hrnet18 model"):
-        weights.load_model("test.blob", device="cpu", progress=False)
-
-
-@needs_model
-def test_import_valid_checkpoint(cache: Path, h18s_checkpoint: Path):
-    target = weights.import_weights(h18s_checkpoint, "my-cells_v1")
+def test_import_records_the_hash_and_loads_by_name(cache: Path, tiny_checkpoint: Path):
+    target = weights.import_weights(tiny_checkpoint, "my-cells_v1")
     assert target == cache / "imported" / "my-cells_v1.pth"
-    assert target.read_bytes() == h18s_checkpoint.read_bytes()
+    assert target.read_bytes() == tiny_checkpoint.read_bytes()
+    record = json.loads(target.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert (record["variant"], record["with_prev_mask"]) == ("hrnet18s", True)
+    assert record["source"] == str(tiny_checkpoint.resolve())
     assert weights.resolve_weights("my-cells_v1") == target
     assert weights.fetch_weights("my-cells_v1") == target
+    assert weights.load_model("my-cells_v1", device="cpu").variant == "hrnet18s"
     info = {i.name: i for i in weights.list_weights()}["my-cells_v1"]
-    assert (info.kind, info.variant, info.cached, info.status) == (
+    assert (info.kind, info.variant, info.status, info.verified_by) == (
         "imported",
         "hrnet18s",
-        True,
         "imported",
+        "sha256",
     )
-    assert info.extra["sha256"] == hashlib.sha256(h18s_checkpoint.read_bytes()).hexdigest()
     with pytest.raises(weights.InvalidWeightsNameError, match="already imported"):
-        weights.import_weights(h18s_checkpoint, "my-cells_v1")
-    assert weights.import_weights(h18s_checkpoint, "my-cells_v1", overwrite=True) == target
+        weights.import_weights(tiny_checkpoint, "my-cells_v1")
+    assert weights.import_weights(tiny_checkpoint, "my-cells_v1", overwrite=True) == target
     assert _leftovers(cache / "imported") == ["my-cells_v1.json", "my-cells_v1.pth"]
 
 
-@needs_model
-def test_import_corrupt_file_is_refused(cache: Path, tmp_path: Path, h18s_checkpoint: Path):
-    bad = tmp_path / "broken.pth"
-    bad.write_bytes(h18s_checkpoint.read_bytes()[:100_000])  # truncated
-    with pytest.raises(CheckpointError, match="refusing to import"):
-        weights.import_weights(bad)
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError):
-        weights.import_weights(junk)
-    assert not (cache / "imported" / "broken.pth").exists()
+def test_imported_file_that_changed_is_refused(cache: Path, tiny_checkpoint: Path):
+    target = weights.import_weights(tiny_checkpoint, "changed")
+    with open(target, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(CorruptWeightsError) as info:
+        weights.load_model("changed", device="cpu")
+    message = str(info.value)
+    assert "'changed' changed since they were imported" in message
+    assert f"napari-ritm weights import {tiny_checkpoint.resolve()} --name changed --force" in (
+        message
+    )
+    assert target.is_file()  # the user's file is left alone
+    target.with_suffix(".json").unlink()
+    with pytest.raises(CorruptWeightsError, match="no record of their sha256"):
+        weights.resolve_weights("changed")
+    info_row = {i.name: i for i in weights.list_weights()}["changed"]
+    assert info_row.verified_by == "no record"
+
+
+def test_import_refuses_bad_files_in_one_line(cache: Path, tmp_path: Path, ckpt_bytes: bytes):
+    cases = {
+        "random_bytes.bin": (hashlib.sha512(b"r").digest() * 64, "is not a PyTorch checkpoint"),
+        "page.pth": (HTML, "is not a PyTorch checkpoint but a web page"),
+        "broken.pth": (ckpt_bytes[:100_000], "is truncated"),
+    }
+    for file_name, (data, what) in cases.items():
+        bad = tmp_path / file_name
+        bad.write_bytes(data)
+        with pytest.raises(CheckpointError) as info:
+            weights.import_weights(bad)
+        message = str(info.value)
+        assert message.startswith(f"refusing to import {bad}: the file {what}")
+        assert "\n" not in message and "weights_only" not in message
     assert _leftovers(cache / "imported") == []
 
 
@@ -499,34 +640,59 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
+def _rows(out: str) -> dict[str, list[str]]:
+    """Table rows of `weights list` by name, split on runs of 2+ spaces."""
+    import re
+
+    rows = {}
+    for line in out.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) >= 4:
+            rows[cells[0]] = cells
+    return rows
+
+
 def test_cli_list_and_fetch(server: _Server, cache: Path, monkeypatch, capsys):
     data = b"cli bytes" * 50
-    server.files["blob.pth"] = data
+    server.serve("blob.pth", data)
     _add_entry(monkeypatch, data)
     assert _cli(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert str(cache) in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert "not downloaded" in lines["hrnet18s.cocolvis_itermask"]
-    assert "shipped" in lines[weights.DEFAULT_MODEL]  # "shipped" or "not shipped yet"
-    assert "test.blob" in lines
+    rows = _rows(out)
+    assert rows["NAME"][:4] == ["NAME", "VARIANT", "STATUS", "VERIFIED"]
+    assert rows["hrnet18s.cocolvis_itermask"][1:4] == ["hrnet18s", "not downloaded", "strict load"]
+    assert rows[weights.DEFAULT_MODEL][1:4] == ["hrnet18s", "shipped", "sha256"]
+    assert rows["test.blob"][2:4] == ["not downloaded", "sha256"]
+    assert "strict load: no published hash (official RITM release)" in out
     assert _cli(["weights", "fetch", "test.blob", "--quiet", "--base-url", server.base_url]) == 0
     assert capsys.readouterr().out.strip() == str(cache / "blob.pth")
-    assert _cli(["weights", "list"]) == 0
-    assert (
-        "cached"
-        in {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}[
-            "test.blob"
-        ]
-    )
+    assert _cli(["weights", "list", "--details"]) == 0
+    out = capsys.readouterr().out
+    assert _rows(out)["test.blob"][2] == "cached"
+    assert f"    {WEIGHTS[weights.DEFAULT_MODEL].description}" in out.splitlines()
 
 
-@needs_model
-def test_cli_import(cache: Path, h18s_checkpoint: Path, tmp_path: Path, capsys):
-    assert _cli(["weights", "import", str(h18s_checkpoint), "--name", "cli-model"]) == 0
-    assert "cli-model" in capsys.readouterr().out
+def test_cli_import(cache: Path, tiny_checkpoint: Path, tmp_path: Path, capsys):
+    assert cli_main(["weights", "import", str(tiny_checkpoint), "--name", "cli-model"]) == 0
+    assert "imported as 'cli-model'" in capsys.readouterr().out
     assert (cache / "imported" / "cli-model.pth").is_file()
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"junk")
-    with pytest.raises(CheckpointError):
-        _cli(["weights", "import", str(junk)])
+    junk = tmp_path / "random_bytes.bin"
+    junk.write_bytes(hashlib.sha256(b"junk").digest() * 100)
+    assert cli_main(["weights", "import", str(junk)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "is not a PyTorch checkpoint" in err and "weights_only" not in err
+
+
+def test_write_shipped_record_writes_beside_the_checkpoint(tmp_path: Path):
+    """What scripts/ship_default_model.py calls after saving a model."""
+    copy = tmp_path / "copy.pth"
+    shutil.copyfile(SHIPPED, copy)
+    from napari_ritm.weights.shipping import write_shipped_record
+
+    record_path = write_shipped_record(copy)
+    assert record_path == tmp_path / "copy.json"
+    record = json.loads(record_path.read_text())
+    assert record["file"] == "copy.pth"
+    assert record["sha256"] == json.loads(SHIPPED_RECORD.read_text())["sha256"]
