@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 KS = (1, 3, 5, 10, 20)
@@ -35,12 +36,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     args = parser.parse_args()
+    jsons = [p for p in sorted(args.folder.glob("*.json")) if not p.name.endswith(".samples.json")]
+    if not jsons:
+        what = "has no <set>.json files" if args.folder.is_dir() else "does not exist"
+        sys.exit(
+            f"accuracy_tables.py: error: {args.folder} {what}; run "
+            "scripts/evaluate_default_model.sh first (OUT=folder)"
+        )
     ks = " | ".join(f"mIoU@{k}" for k in KS)
     print(f"| data | predictor | n | NoC@85 | NoC@90 | ≥20@90 | {ks} | s/click |")
     print("|---" * (7 + len(KS)) + "|")
-    for path in sorted(args.folder.glob("*.json")):
-        if path.name.endswith(".samples.json"):
-            continue
+    for path in jsons:
         for line in rows(json.loads(path.read_text()), path.stem):
             print(line)
 

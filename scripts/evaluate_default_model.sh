@@ -14,6 +14,13 @@ DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/accuracy}
 LIMIT=${LIMIT:-60}
 SETS=${SETS:-}
+for need in "$DATA/microscopy" "$DATA/benchmarks/GrabCut" "$RUN"; do
+  if [[ ! -d $need ]]; then
+    echo "evaluate_default_model.sh: error: folder $need not found (DATA=$DATA is the shared" \
+      "data folder, absent from a plain clone; RUN=$RUN the training run); set DATA/RUN" >&2
+    exit 2
+  fi
+done
 mkdir -p "$OUT"
 .venv/bin/python scripts/make_holdout.py "$RUN" "$OUT/holdout" --data "$DATA/microscopy"
 sets=("$OUT"/holdout/*/ "$DATA/benchmarks/GrabCut/")

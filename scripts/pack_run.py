@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -48,6 +49,11 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("dest", type=Path)
     args = parser.parse_args()
+    if not (args.run_dir / "resume.pth").is_file():
+        sys.exit(
+            f"pack_run.py: error: no resume.pth in {args.run_dir} (not a napari-ritm-finetune "
+            "run folder, or the run has not saved a resumable state yet)"
+        )
     out = pack(args.run_dir, args.dest)
     print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
 

@@ -10,7 +10,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUN_DIR=${RUN_DIR:-runs/default-nuclei}
 STAGE=${STAGE:-all}
-M=../shared/data/microscopy
+M=${DATA:-../shared/data}/microscopy
+if [[ ! -d $M ]]; then
+  echo "train_default_model.sh: error: data folder $M not found (the shared data folder, absent" \
+    "from a plain clone); set DATA to the folder holding microscopy/" >&2
+  exit 2
+fi
 COMMON=(
   --data "$M/stardist_2d" "$M/N2DH-GOWT1" "$M/napari_nuclei_3d" "$M/stardist_3d" "$M/NIH3T3"
   --data-weights 0.25 0.2 0.2 0.1 0.25
