@@ -78,11 +78,25 @@ def test_tiny_run_end_to_end(data_dir, tmp_path):
     with open(out / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0].keys()) == EXPECTED_COLUMNS
-    assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert all(np.isfinite(float(r["loss"])) and float(r["loss"]) > 0 for r in rows)
+    # epoch 0: the starting weights, validated before the first step (no training columns)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert {k: rows[0][k] for k in ("step", "samples", "lr", "loss", "train_seconds")} == {
+        "step": "0", "samples": "0", "lr": "", "loss": "", "train_seconds": "",
+    }  # fmt: skip
+    assert all(np.isfinite(float(r["loss"])) and float(r["loss"]) > 0 for r in rows[1:])
     assert int(rows[0]["val_n"]) == 2 and 1 <= float(rows[0]["val_noc90"]) <= 2
     assert 0.0 <= float(rows[-1]["val_miou@2"]) <= 1.0
-    assert json.loads((out / "log.json").read_text())[1]["epoch"] == 2
+    # default schedule with 2 epochs: one drop after epoch 1 (as --help promises)
+    assert [float(r["lr"]) for r in rows[1:]] == pytest.approx([5e-4, 5e-5])
+    assert json.loads((out / "log.json").read_text())[2]["epoch"] == 2
+    train_log = (out / "train.log").read_text()
+    assert "schedule: lr 0.0005, x0.1 after epoch 1 of 2" in train_log
+    assert "epoch 0 (start): val NoC@85" in train_log
+    assert "validation: 2 objects (at most 2) from 1 images: 1 held out of --data" in train_log
+    run_record = json.loads((out / "config.json").read_text())
+    assert run_record["precision"] in ("float32", "bfloat16 autocast")
+    assert f"precision: {run_record['precision']} on cpu" in train_log
+    assert run_record["resumed_with"] == []
 
     split = json.loads((out / "split.json").read_text())["datasets"][data_dir.name]
     assert len(split["val_groups"]) == 1 and len(split["train_groups"]) == 3
@@ -98,6 +112,8 @@ def test_tiny_run_end_to_end(data_dir, tmp_path):
     assert meta["split"]["datasets"][data_dir.name]["val_groups"] == split["val_groups"]
     assert meta["init"].startswith("scratch") and meta["config"]["backbone_lr_mult"] == 1.0
     assert meta["data"]["train"][0]["n_images"] == 3
+    assert meta["precision"] == run_record["precision"] and meta["resumed_with"] == []
+    assert meta["command"] == run_record["command"]
     raw = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
     assert set(raw) == {"state_dict", "config", "metadata"}
     assert len(raw["state_dict"]) == 929
@@ -136,13 +152,26 @@ def test_stop_and_resume_reach_the_same_weights(data_dir, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
-def test_resume_can_change_the_length_and_the_schedule(data_dir, tmp_path):
+def test_resume_can_change_the_length_and_the_schedule(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "sched"
+    first = ["napari-ritm-finetune", "--data", str(data_dir), "--out", str(out), "--epochs", "1"]
+    monkeypatch.setattr("sys.argv", first)
     run_finetune(_config(data_dir, out, epochs=1, lr=1e-3, milestones=[5], val_every=0))
     # Extend to 3 epochs with the learning-rate drop moved to epoch 1 (already passed for
     # epoch 2): the resumed epochs use the new schedule, not the stored one.
+    again = ["napari-ritm-finetune", "--resume", "--out", str(out), "--epochs", "3"]
+    monkeypatch.setattr("sys.argv", ["/usr/bin/" + again[0], *again[1:]])
     cfg = _config(data_dir, out, epochs=3, lr=1e-3, milestones=[1], val_every=0, resume=True)
     run_finetune(cfg)
+    # The run's command stays the one that started it; the resume is recorded apart.
+    record = json.loads((out / "config.json").read_text())
+    meta = load_checkpoint(out / "last.pth").metadata
+    for where in (record, meta):
+        assert where["command"] == " ".join(first)
+        [resume] = where["resumed_with"]
+        assert set(resume) == {"command", "epoch", "iteration", "time"}
+        assert (resume["command"], resume["epoch"], resume["iteration"]) == (" ".join(again), 1, 0)
+    assert "schedule: lr 0.001, x0.1 after epoch 1 of 3" in (out / "train.log").read_text()
     rows = json.loads((out / "log.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-4, 1e-4])
@@ -206,7 +235,8 @@ def test_disk_full_while_saving_is_a_clear_error(tmp_path, monkeypatch):
         model=model, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, [1]), use_amp=False,
         config=TrainConfig(), history=[], best_key=None, best_metrics=None, init_source="x",
-        world_size=1, epoch_sums={}, epoch_seconds=0.0, run_dir=tmp_path,
+        world_size=1, epoch_sums={}, epoch_seconds=0.0, run_dir=tmp_path, command="",
+        resumed_with=[],
     )  # fmt: skip
     monkeypatch.setattr(checkpointing.torch, "save", full)
     with pytest.raises(RitmError) as info:
@@ -239,3 +269,37 @@ def test_cli_error_is_one_line_exit_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training data folder not found" in err[0]
+
+
+def test_default_milestones_keep_the_promised_drop():
+    from napari_ritm_training.config import default_milestones, describe_schedule
+
+    assert [default_milestones(n) for n in (1, 2, 3, 4, 5, 10, 20)] == [
+        [], [1], [2], [3], [4], [8], [17],
+    ]  # fmt: skip
+    cfg = TrainConfig(epochs=10, milestones=[8], backbone_lr_mult=0.1)
+    assert describe_schedule(cfg) == "lr 0.0005 (backbone x0.1), x0.1 after epoch 8 of 10"
+    cfg = TrainConfig(epochs=1, milestones=[])
+    assert describe_schedule(cfg) == (
+        "lr 0.0005, constant for 1 epoch(s) (no milestone before the last)"
+    )
+    help_text = " ".join(cli.build_parser().format_help().split())
+    assert "one drop after epoch max(1, round(0.85 x epochs)), kept before the last epoch" in (
+        help_text
+    )
+
+
+def test_validation_on_given_folders_only(data_dir, caplog):
+    from napari_ritm_training.build import build_data
+
+    cfg = _config(data_dir, "unused", val_fraction=0.0, val_data=[str(data_dir)], val_max_objects=3)
+    with caplog.at_level("INFO", logger="napari_ritm_training"):
+        data = build_data(cfg, [])
+    own = data.split["datasets"][data_dir.name]
+    assert own["val_groups"] == [] and len(own["train_groups"]) == 4  # nothing held out
+    assert len(data.split["datasets"][f"val:{data_dir.name}"]["val_groups"]) == 4
+    assert len(data.val_samples) == 3
+    assert (
+        "validation: 3 objects (at most 3) from 4 images: 0 held out of --data "
+        "(--val-fraction 0), 4 from --val-data"
+    ) in caplog.text

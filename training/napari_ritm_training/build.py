@@ -127,10 +127,12 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         else []
     ) + extra
     train_sets, val_images, split = split_by_group(datasets, cfg.val_fraction, cfg.seed)
+    n_held_out = len(val_images)
     if cfg.val_data:
-        for d in load_data(
+        extra_val = load_data(
             cfg.val_data, min_area=cfg.min_instance_area, percentiles=cfg.percentiles
-        ):
+        )
+        for d in extra_val:
             val_images += d.images
             split["datasets"][f"val:{d.name}"] = {"train_groups": [], "val_groups": d.groups}
     synthetic: InstanceDataset | None = None
@@ -172,11 +174,20 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         "synthetic_fraction": cfg.synthetic_fraction,
     }
     log.info(
-        "training on %d images from %d data sets (+ synthetic %.0f%%), validating on %d objects",
+        "training on %d images from %d data sets (+ synthetic %.0f%%)",
         sum(len(d.images) for d in train_sets),
         len(train_sets),
         100 * cfg.synthetic_fraction,
+    )
+    log.info(
+        "validation: %d objects (at most %d) from %d images: %d held out of --data "
+        "(--val-fraction %g), %d from --val-data",
         len(val_samples),
+        cfg.val_max_objects,
+        len(val_images),
+        n_held_out,
+        cfg.val_fraction,
+        len(val_images) - n_held_out,
     )
     if not val_samples and cfg.val_every > 0:
         log.warning(

@@ -124,6 +124,8 @@ def save_resume(trainer: Trainer, epoch: int, iteration: int) -> Path:
         "best_key": trainer.best_key,
         "best_metrics": to_jsonable(trainer.best_metrics),
         "init_source": trainer.init_source,
+        "command": trainer.command,
+        "resumed_with": to_jsonable(trainer.resumed_with),
         "torch_rng": torch.get_rng_state(),
         "world_size": trainer.world_size,
         # Partial sums of an epoch stopped in the middle, so its log row covers all steps.
@@ -161,6 +163,8 @@ def checkpoint_metadata(
             "epoch": epoch,
             "iteration": iteration,
             "command": trainer.command,
+            "resumed_with": trainer.resumed_with,
+            "precision": trainer.precision,
             "config": cfg.to_dict(),
             "init": trainer.init_source,
             "seed": cfg.seed,
@@ -195,6 +199,16 @@ def copy_last(run_dir: Path, name: str) -> Path:
     )
 
 
+def _recorded_command(run_dir: Path) -> str:
+    """The command in ``config.json`` (resume states older than the "command" entry)."""
+    import json
+
+    try:
+        return str(json.loads((run_dir / "config.json").read_text("utf-8")).get("command", ""))
+    except (OSError, ValueError):
+        return ""
+
+
 def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     """Continue ``trainer`` from a ``resume.pth`` state: optimiser, schedule, position, RNG.
 
@@ -217,6 +231,9 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.best_metrics = state.get("best_metrics")
     trainer.epoch_sums = dict(state.get("epoch_sums", {}))
     trainer.epoch_seconds = float(state.get("epoch_seconds", 0.0))
+    # The run's own command stays the one that started it; resumes are listed apart.
+    trainer.command = state.get("command") or _recorded_command(trainer.run_dir)
+    trainer.resumed_with = list(state.get("resumed_with", []))
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
     log.info(

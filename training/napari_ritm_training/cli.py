@@ -47,11 +47,13 @@ _HELP = {
     "backbone_lr_mult": "learning-rate factor of the HRNet backbone (default 0.1 from weights, "
     "1.0 from scratch)",
     "milestones": "epochs after which the learning rate is multiplied by --lr-gamma (default: "
-    "one drop after 85%% of the epochs)",
+    "one drop after epoch max(1, round(0.85 x epochs)), kept before the last epoch; none with "
+    "1 epoch)",
     "lr_gamma": "learning-rate factor at each milestone",
     "weight_decay": "Adam weight decay",
-    "val_fraction": "fraction of each data set's images/stacks held out for validation",
-    "val_data": "extra folders used only for validation",
+    "val_fraction": "fraction of each data set's images/stacks held out for validation (0 = "
+    "none: validate on --val-data only)",
+    "val_data": "extra folders used only for validation (with --val-fraction 0: the only ones)",
     "val_max_objects": "at most this many validation objects",
     "val_max_clicks": "click budget of the validation loop",
     "val_crop": "crop side around each validation object (pixels)",
@@ -76,7 +78,8 @@ _HELP = {
     "aux_weight": "weight of the auxiliary BCE loss",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "threads": "torch CPU threads per process (default: cores / processes)",
-    "amp": "mixed precision: float16 on CUDA, bfloat16 on CPUs with native support",
+    "amp": "mixed precision: float16 AMP on CUDA, bfloat16 autocast on CPUs with native "
+    "support, else float32 (the log says which ran)",
     "checkpoint_every": "also save the resume state every N steps (0 = each epoch)",
     "keep_epoch_checkpoints": "keep epoch_NNN.pth every N epochs (0 = no)",
 }

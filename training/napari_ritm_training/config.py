@@ -13,7 +13,30 @@ from typing import Any
 
 from napari_ritm.errors import RitmError
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "default_milestones", "describe_schedule"]
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """One learning-rate drop after 85% of the epochs: ``[max(1, round(0.85 * epochs))]``.
+
+    The drop is kept before the last epoch, so every run of 2 epochs or more trains at least
+    one epoch at the lowered rate; 1 epoch gets none.
+    """
+    if epochs < 2:
+        return []
+    return [min(epochs - 1, max(1, round(0.85 * epochs)))]
+
+
+def describe_schedule(config: TrainConfig) -> str:
+    """One line for the log, e.g. "lr 0.0005 (backbone x0.1), x0.1 after epoch 8 of 10"."""
+    base = f"lr {config.lr:g}"
+    if config.backbone_lr_mult not in (None, 1.0):
+        base += f" (backbone x{config.backbone_lr_mult:g})"
+    drops = [m for m in (config.milestones or []) if m < config.epochs]
+    if not drops:
+        return f"{base}, constant for {config.epochs} epoch(s) (no milestone before the last)"
+    after = ", ".join(str(m) for m in drops)
+    return f"{base}, x{config.lr_gamma:g} after epoch {after} of {config.epochs}"
 
 
 @dataclass
@@ -37,11 +60,12 @@ class TrainConfig:
         backbone_lr_mult: learning-rate factor of the HRNet backbone and both heads; None =
             0.1 when starting from weights (reference), 1.0 from scratch.
         milestones: epochs after which the learning rate is multiplied by ``lr_gamma``; None =
-            one drop after 85% of the epochs.
+            :func:`default_milestones` (one drop after 85% of the epochs, none with 1 epoch).
         lr_gamma: learning-rate factor at each milestone.
         weight_decay: Adam weight decay (0 in the reference).
         val_fraction: fraction of the images/stacks of each data set held out for validation.
-        val_data: extra validation folders (used entirely for validation).
+        val_data: extra validation folders (used entirely for validation); with
+            ``val_fraction=0`` they are the only validation data.
         val_max_objects: at most this many validation objects (seeded subset).
         val_max_clicks: click budget of the validation loop (NoC cap, mIoU@1..k).
         val_crop: side of the crop around each validation object (pixels).
@@ -68,7 +92,8 @@ class TrainConfig:
         aux_weight: weight of the auxiliary BCE loss (0.4).
         device: "auto", "cpu", "cuda", "cuda:1", "mps".
         threads: torch CPU threads per process (None = cores / processes).
-        amp: mixed precision: float16 on CUDA, bfloat16 on CPUs that support it natively.
+        amp: mixed precision: float16 AMP on CUDA, bfloat16 autocast on CPUs that support it
+            natively, float32 elsewhere (the run records which one ran).
         checkpoint_every: also save ``resume.pth`` every this many steps (0 = each epoch only).
         keep_epoch_checkpoints: also keep ``epoch_NNN.pth`` every this many epochs (0 = no).
     """

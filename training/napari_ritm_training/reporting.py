@@ -79,6 +79,8 @@ def write_run_files(trainer: Trainer) -> None:
         {
             "config": trainer.config.to_dict(),
             "command": trainer.command,
+            "resumed_with": trainer.resumed_with,
+            "precision": trainer.precision,
             "init": trainer.init_source,
             "world_size": trainer.world_size,
         },
@@ -118,7 +120,7 @@ def epoch_row(
     epoch: int,
     iters_per_epoch: int,
     batch_size: int,
-    lr: float,
+    lr: float | None,
     means: dict[str, float],
     seconds: float,
     steps: int,
@@ -128,7 +130,7 @@ def epoch_row(
     """One ``log.csv`` row: training loss parts and timing, validation NoC/mIoU@k (or None).
 
     Args:
-        epoch: epochs finished (1-based).
+        epoch: epochs finished (1-based; 0 = the starting point, validated before training).
         means: mean loss parts over the epoch's steps ("loss", "nfl", "bce_aux", "clicks").
         seconds: training time of the epoch (without validation).
         steps: steps run in the epoch.
@@ -143,8 +145,8 @@ def epoch_row(
         "nfl": means.get("nfl"),
         "bce_aux": means.get("bce_aux"),
         "mean_sim_clicks": means.get("clicks"),
-        "train_seconds": seconds,
-        "seconds_per_step": seconds / max(steps, 1),
+        "train_seconds": seconds if steps else None,
+        "seconds_per_step": seconds / steps if steps else None,
         "val_noc85": None,
         "val_noc90": None,
         "val_failures90": None,

@@ -25,6 +25,7 @@ This module is the loop; the parts come from :mod:`.build`, saving and resuming 
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import math
 import signal
@@ -43,7 +44,7 @@ from napari_ritm.errors import RitmError
 from napari_ritm.progress import ProgressCallback
 
 from . import build, checkpointing, reporting, validation
-from .config import TrainConfig
+from .config import TrainConfig, default_milestones, describe_schedule
 from .data import InstanceDataset
 from .losses import NormalizedFocalLoss, SigmoidBinaryCrossEntropy, total_loss
 from .sampler import next_points
@@ -91,8 +92,10 @@ class Trainer:
         self.best_metrics: dict[str, Any] | None = None
         self.start_epoch = 0
         self.start_iter = 0
-        self.command = ""
+        self.command = ""  # the command that started the run (kept on resume)
+        self.resumed_with: list[dict[str, Any]] = []  # one entry per --resume
         self.init_source = ""
+        self.precision = "float32"
         # Loss sums and training time of the current epoch (kept in resume.pth mid-epoch).
         self.epoch_sums: dict[str, float] = {}
         self.epoch_seconds = 0.0
@@ -128,8 +131,25 @@ class Trainer:
         self._setup_model()
         build.set_train_mode(self.model, self.config.freeze_backbone)
         if self.is_main:
-            self.command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+            self._record_command()
             reporting.write_run_files(self)
+        log.info("schedule: %s", describe_schedule(self.config))
+        log.info("precision: %s on %s", self.precision, self.device)
+
+    def _record_command(self) -> None:
+        """The starting command, or (on resume) one more ``resumed_with`` entry."""
+        current = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+        if self._resume_state is None:
+            self.command = current
+            return
+        self.resumed_with.append(
+            {
+                "command": current,
+                "epoch": self.start_epoch,
+                "iteration": self.start_iter,
+                "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
 
     def _setup_distributed(self) -> None:
         if self.world_size <= 1:
@@ -145,7 +165,7 @@ class Trainer:
         cfg = self.config
         model, self.init_source = build.build_model(cfg, self._resume_state, self.run_dir)
         if cfg.milestones is None:
-            cfg.milestones = [max(1, round(0.85 * cfg.epochs))] if cfg.epochs >= 5 else []
+            cfg.milestones = default_milestones(cfg.epochs)
         model.to(self.device)
         if self.device.type in ("cpu", "cuda"):
             # NHWC convolutions: ~1.3x faster training steps on CPU, identical maths.
@@ -298,6 +318,8 @@ class Trainer:
         epoch, it = self.start_epoch, self.start_iter
         interrupted = False
         try:
+            if (epoch, it) == (0, 0) and not self.history and cfg.val_every > 0:
+                self._validate_start()
             for epoch in range(self.start_epoch, cfg.epochs):
                 resumed = epoch == self.start_epoch and self.start_iter > 0
                 sums: dict[str, float] = dict(self.epoch_sums) if resumed else {}
@@ -369,6 +391,35 @@ class Trainer:
 
         for buf in self.model.buffers():
             dist.broadcast(buf, src=0)
+
+    def _validate_start(self) -> None:
+        """Validate the starting weights: the epoch-0 row of the log (not a best.pth candidate)."""
+        if not self.data.val_samples:
+            return
+        metrics = self.validate(0)
+        self._barrier()
+        if not self.is_main or metrics is None:
+            return
+        cfg = self.config
+        row = reporting.epoch_row(
+            epoch=0,
+            iters_per_epoch=cfg.iters_per_epoch,
+            batch_size=cfg.batch_size,
+            lr=None,
+            means={},
+            seconds=0.0,
+            steps=0,
+            val_max_clicks=cfg.val_max_clicks,
+            metrics=metrics,
+        )
+        self.history.append(row)
+        reporting.write_logs(self.run_dir, self.history)
+        log.info(
+            "epoch 0 (start): val NoC@85 %.2f NoC@90 %.2f mIoU@1 %.3f",
+            metrics["noc85"],
+            metrics["noc90"],
+            metrics["miou_at_k"][0],
+        )
 
     def _end_epoch(self, epoch: int, sums: dict[str, float], steps: int, seconds: float) -> None:
         cfg = self.config
