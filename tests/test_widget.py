@@ -1,9 +1,10 @@
 """RitmWidget in a real napari viewer: clicks by mouse and by Points layers, finish, refine,
 propagate, undo, wrong layers, latest click wins.
 
-The model is the conformance checkpoint (random weights), so every check compares the widget with
-a ClickSession run on the same clicks, never with fixed numbers. Thresholds are taken from the
-session's own probabilities so that masks are neither empty nor full.
+The model is a seeded random-weight checkpoint made by the tests (``tiny_model``), so every check
+compares the widget with a ClickSession run on the same clicks, never with fixed numbers.
+Thresholds are taken from the session's own probabilities so that masks are neither empty nor
+full.
 """
 
 from __future__ import annotations
@@ -40,24 +41,25 @@ def image2d() -> np.ndarray:
 @pytest.fixture
 def warnings_seen(monkeypatch) -> list[str]:
     seen: list[str] = []
-    monkeypatch.setattr("napari_ritm.napari.widget.show_warning", seen.append)
+    monkeypatch.setattr("napari_ritm.napari.controls.show_warning", seen.append)
     return seen
 
 
 @pytest.fixture
-def make_widget(make_napari_viewer, conformance_model, qtbot):
+def make_widget(make_napari_viewer, tiny_model, qtbot):
     from napari_ritm.napari.widget import RitmWidget
 
     def make(image: np.ndarray, **add_kwargs):
         viewer = make_napari_viewer()
         layer = viewer.add_image(image, **add_kwargs)
-        engine = PredictionEngine(loader=lambda name, device, progress: conformance_model)
+        engine = PredictionEngine(loader=lambda name, device, progress: tiny_model)
         widget = RitmWidget(viewer, engine=engine)
         viewer.window.add_dock_widget(widget)
         widget.model.set_choice("conformance", "conformance")
         widget.model.value = "conformance"
         widget.device.value = "cpu"
         assert widget.image.value is layer
+        qtbot.waitUntil(widget.wait_idle, timeout=WAIT_MS)  # the background model load
         return viewer, layer, widget
 
     return make
@@ -119,9 +121,8 @@ def mouse_click(viewer, world, button=1, modifiers=(), drag_px=0.0):
     mouse_release_callbacks(viewer, release)
 
 
-def test_mouse_clicks_match_session(make_widget, conformance_model, image2d, qtbot):
-    viewer, layer, widget = make_widget(image2d, scale=(0.5, 0.5))
-    limits = tuple(float(v) for v in layer.contrast_limits)
+def test_mouse_clicks_match_session(make_widget, tiny_model, image2d, qtbot):
+    viewer, _layer, widget = make_widget(image2d, scale=(0.5, 0.5))
     # world coordinates: scale 0.5 -> pixel (80, 70) is world (40, 35)
     mouse_click(viewer, (40.0, 35.0), button=1)
     mouse_click(viewer, (10.0, 60.0), button=2)  # right click: negative
@@ -132,7 +133,7 @@ def test_mouse_clicks_match_session(make_widget, conformance_model, image2d, qtb
     assert widget.current_clicks() == clicks
     assert len(viewer.layers[POSITIVE_NAME].data) == 1
     assert len(viewer.layers[NEGATIVE_NAME].data) == 2
-    expected = reference_probs(conformance_model, image2d, clicks, contrast_limits=limits)
+    expected = reference_probs(tiny_model, image2d, clicks)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     t = pick_threshold(widget, expected)
     np.testing.assert_array_equal(widget.mask, expected > t)
@@ -140,8 +141,8 @@ def test_mouse_clicks_match_session(make_widget, conformance_model, image2d, qtb
     np.testing.assert_array_equal(preview.astype(bool), expected > t)
 
 
-def test_points_layers_are_the_truth(make_widget, conformance_model, image2d, qtbot):
-    viewer, layer, widget = make_widget(image2d)
+def test_points_layers_are_the_truth(make_widget, tiny_model, image2d, qtbot):
+    viewer, _layer, widget = make_widget(image2d)
     widget.add_point((50.0, 60.0), positive=True)
     widget.add_point((100.0, 100.0), positive=True)
     wait_prediction(qtbot, widget)
@@ -153,20 +154,16 @@ def test_points_layers_are_the_truth(make_widget, conformance_model, image2d, qt
     pos.selected_data = {0}
     pos.remove_selected()
     probs = wait_prediction(qtbot, widget)
-    limits = tuple(float(v) for v in layer.contrast_limits)
-    expected = reference_probs(
-        conformance_model, image2d, [Click(110, 90, True)], contrast_limits=limits
-    )
+    expected = reference_probs(tiny_model, image2d, [Click(110, 90, True)])
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     # a point added directly to the negative layer (napari's Points "add" tool path)
-    neg = widget._points_layer(False)
+    neg = widget.clicks._layer(False)
     neg.add(np.array([[20.0, 30.0]]))
     probs = wait_prediction(qtbot, widget)
     expected = reference_probs(
-        conformance_model,
+        tiny_model,
         image2d,
         [Click(110, 90, True), Click(20, 30, False)],
-        contrast_limits=limits,
     )
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
@@ -206,8 +203,8 @@ def test_finish_with_overwrite_and_new_layer(make_widget, image2d, qtbot):
     np.testing.assert_array_equal(created.data == 1, probs > t)
 
 
-def test_refine_writes_back_same_id(make_widget, conformance_model, image2d, qtbot, warnings_seen):
-    viewer, layer, widget = make_widget(image2d)
+def test_refine_writes_back_same_id(make_widget, tiny_model, image2d, qtbot, warnings_seen):
+    viewer, _layer, widget = make_widget(image2d)
     labels_data = np.zeros(image2d.shape, dtype=np.uint16)
     labels_data[40:100, 50:110] = 3
     labels_data[120:150, 10:40] = 7
@@ -219,13 +216,8 @@ def test_refine_writes_back_same_id(make_widget, conformance_model, image2d, qtb
     assert widget.label_id.value == 3
     widget.add_point((60.0, 120.0), positive=False)
     probs = wait_prediction(qtbot, widget)
-    limits = tuple(float(v) for v in layer.contrast_limits)
     expected = reference_probs(
-        conformance_model,
-        image2d,
-        [Click(60, 120, False)],
-        contrast_limits=limits,
-        prior_mask=labels_data == 3,
+        tiny_model, image2d, [Click(60, 120, False)], prior_mask=labels_data == 3
     )
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     t = pick_threshold(widget, expected)
@@ -237,13 +229,13 @@ def test_refine_writes_back_same_id(make_widget, conformance_model, image2d, qtb
     labels.selected_label = 7
     widget.refine_selected()
     assert widget.label_id.value == 7
-    assert 7 in {v[0] for v in widget._priors.values()}
+    assert 7 in {prior.label_id for prior in widget.editor.priors.values()}
     assert warnings_seen == []
 
 
-def test_propagate_fills_next_slice(make_widget, conformance_model, image2d, qtbot):
+def test_propagate_fills_next_slice(make_widget, tiny_model, image2d, qtbot):
     stack = np.stack([image2d, np.roll(image2d, 3, axis=1), np.roll(image2d, 6, axis=1)])
-    viewer, layer, widget = make_widget(stack)
+    viewer, _layer, widget = make_widget(stack)
     viewer.dims.set_point(0, 0)
     widget.add_point((0.0, 80.0, 60.0))
     probs = wait_prediction(qtbot, widget)
@@ -258,10 +250,7 @@ def test_propagate_fills_next_slice(make_widget, conformance_model, image2d, qtb
     row, col = int(clicks[0].row), int(clicks[0].col)
     assert first[row, col]  # a click inside the carried object
     probs1 = wait_prediction(qtbot, widget)
-    limits = tuple(float(v) for v in layer.contrast_limits)
-    expected = reference_probs(
-        conformance_model, stack[1], clicks, contrast_limits=limits, prior_mask=first
-    )
+    expected = reference_probs(tiny_model, stack[1], clicks, prior_mask=first)
     np.testing.assert_allclose(probs1, expected, atol=1e-5)
     if not (expected > t).any():
         pick_threshold(widget, expected)
@@ -274,8 +263,8 @@ def widget_mask_from(probs, widget):
     return probs > widget.threshold.value
 
 
-def test_undo_redo_click(make_widget, conformance_model, image2d, qtbot):
-    _viewer, layer, widget = make_widget(image2d)
+def test_undo_redo_click(make_widget, tiny_model, image2d, qtbot):
+    _viewer, _layer, widget = make_widget(image2d)
     widget.add_point((80.0, 60.0))
     widget.add_point((30.0, 30.0), positive=False)
     first = Click(80, 60, True)
@@ -283,12 +272,7 @@ def test_undo_redo_click(make_widget, conformance_model, image2d, qtbot):
     widget.undo_click()
     assert widget.current_clicks() == [first]
     probs = wait_prediction(qtbot, widget)
-    limits = tuple(float(v) for v in layer.contrast_limits)
-    np.testing.assert_allclose(
-        probs,
-        reference_probs(conformance_model, image2d, [first], contrast_limits=limits),
-        atol=1e-5,
-    )
+    np.testing.assert_allclose(probs, reference_probs(tiny_model, image2d, [first]), atol=1e-5)
     widget.redo_click()
     assert widget.current_clicks() == [first, Click(30, 30, False)]
     wait_prediction(qtbot, widget)
@@ -321,8 +305,8 @@ def test_3d_display_click_notifies(make_widget, image2d, warnings_seen):
     assert POSITIVE_NAME not in [layer.name for layer in viewer.layers]
 
 
-def test_latest_click_wins(make_widget, conformance_model, image2d, qtbot):
-    _viewer, layer, widget = make_widget(image2d)
+def test_latest_click_wins(make_widget, tiny_model, image2d, qtbot):
+    _viewer, _layer, widget = make_widget(image2d)
     ran = []
     run = widget.engine.run
     widget.engine.run = lambda request: ran.append(len(request.clicks)) or run(request)
@@ -333,23 +317,23 @@ def test_latest_click_wins(make_widget, conformance_model, image2d, qtbot):
     probs = wait_prediction(qtbot, widget)
     clicks = [Click(80, 60, True), Click(40, 100, False), Click(120, 60, True)]
     assert widget.current_clicks() == clicks
-    limits = tuple(float(v) for v in layer.contrast_limits)
-    expected = reference_probs(conformance_model, image2d, clicks, contrast_limits=limits)
+    expected = reference_probs(tiny_model, image2d, clicks)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
-    assert widget._probs_request.clicks == tuple(clicks)
+    assert widget.bridge.result.request.clicks == tuple(clicks)
     assert ran == [1, 3]  # the 2-click state was superseded before it ever ran
 
 
-def test_uint16_uses_contrast_limits_and_channels(make_widget, conformance_model, image2d, qtbot):
+def test_uint16_displayed_contrast_option_and_channels(make_widget, tiny_model, image2d, qtbot):
     image16 = (image2d.astype(np.uint16) * 200 + 1000).astype(np.uint16)
     two = np.stack([image16, image16[::-1]])  # (C, H, W)
     _viewer, _layer, widget = make_widget(two, contrast_limits=(5000, 40000))
+    widget.normalization.value = "contrast"
     widget.channels_first.value = True
     widget.channel.value = 1
     widget.add_point((80.0, 60.0))
     probs = wait_prediction(qtbot, widget)
     expected = reference_probs(
-        conformance_model,
+        tiny_model,
         np.moveaxis(two, 0, -1),
         [Click(80, 60)],
         contrast_limits=(5000.0, 40000.0),
@@ -383,13 +367,14 @@ def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch):
 
     assert build_parser().parse_args([]).sample == "cell"
     viewer, widget = open_viewer(sample="cell", model="some-checkpoint.pth")
+    qtbot.waitUntil(widget.wait_idle, timeout=WAIT_MS)  # background loads (this one fails)
     try:
         assert [layer.name for layer in viewer.layers] == ["cell (phase contrast)"]
         assert widget.image.value is viewer.layers[0]
         assert widget.model.value == "some-checkpoint.pth"
         assert _commands.get_widget(viewer) is widget  # commands act on the docked widget
         seen = []
-        monkeypatch.setattr("napari_ritm.napari.widget.show_warning", seen.append)
+        monkeypatch.setattr("napari_ritm.napari.controls.show_warning", seen.append)
         _commands.finish_object(viewer)
         assert seen and "nothing to finish" in seen[-1]
     finally:
@@ -398,9 +383,10 @@ def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch):
 
 
 def test_precision_choice_runs_the_session_in_that_dtype(
-    make_widget, conformance_model, image2d, qtbot, warnings_seen
+    make_widget, tiny_model, image2d, qtbot, warnings_seen
 ):
     _viewer, _layer, widget = make_widget(image2d)
+    widget.precision.value = "float32"
     widget.add_point((110.0, 90.0), positive=True)
     exact = wait_prediction(qtbot, widget)
     assert widget.engine.session._net.dtype == torch.float32

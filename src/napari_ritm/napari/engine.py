@@ -9,7 +9,6 @@ clicks), so any request can replace an older one that never ran.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -34,10 +33,13 @@ class Request:
         device: "cpu", "cuda", "mps" or None (best available).
         zoom_in: ClickSession zoom-in switch.
         flip: ClickSession flip test-time augmentation switch.
-        precision: ClickSession compute dtype: "float32" (exact), or opt-in "bfloat16" (CPU) /
-            "float16" (GPU), faster but with slightly different probabilities.
-        image_key: hashable identity of ``image`` + normalization settings + ``prior_mask``;
-            the session is re-initialised only when it changes.
+        precision: ClickSession precision: "auto" (the session's choice for this machine),
+            "float32" (exact), "bfloat16" (CPU) or "float16" (GPU).
+        preset: ClickSession preset: "interactive" (zoom from the first click) or "evaluation"
+            (the reference protocol).
+        image_key: hashable identity of ``image`` + normalization settings + ``prior_mask``,
+            made of generation numbers (never ``id()``: a freed object's id is reused); the
+            session is re-initialised only when it changes.
         image: (h, w), (h, w, 3|4) or (h, w, C) plane of the image (a view; not modified).
         contrast_limits: (low, high) used to normalise uint16/float images, or None (percentiles).
         channel: channel of an (h, w, C) plane, or None (RGB for rgb planes, else channel mean).
@@ -54,7 +56,8 @@ class Request:
     image_key: Hashable
     image: np.ndarray | None
     contrast_limits: tuple[float, float] | None = None
-    precision: str = "float32"
+    precision: str = "auto"
+    preset: str = "interactive"
     channel: int | None = None
     rgb: bool | None = None
     prior_mask: np.ndarray | None = None
@@ -68,33 +71,62 @@ class Result:
 
     Attributes:
         request: the request this answers.
-        probs: (h, w) float32 probabilities in [0, 1] of the current object, or None when only
-            the model was loaded or an error occurred.
+        roi: (rmin, rmax, cmin, cmax), inclusive, outside which the probabilities are 0; None
+            when only the model was loaded or an error occurred.
+        crop: (rmax - rmin + 1, cmax - cmin + 1) float32 probabilities inside ``roi``
+            (read-only; the session's own array, never copied).
+        hw: (h, w) of the plane.
         error: a user error to show (the job itself never raises RitmError).
         timings: seconds spent per step ("load", "set_image", "predict").
+        precision: the precision the session runs in ("float32", "bfloat16", ...).
+        device: the device the session runs on ("cpu", "cuda", ...).
     """
 
     request: Request
-    probs: np.ndarray | None = None
+    roi: tuple[int, int, int, int] | None = None
+    crop: np.ndarray | None = None
+    hw: tuple[int, int] = (0, 0)
     error: RitmError | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    precision: str | None = None
+    device: str | None = None
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        """(h, w) float32 probabilities (built from ``roi``/``crop``: an image-sized array)."""
+        if self.roi is None or self.crop is None:
+            return None
+        r0, r1, c0, c1 = self.roi
+        if (r0, c0) == (0, 0) and (r1 + 1, c1 + 1) == self.hw:
+            return self.crop
+        full = np.zeros(self.hw, dtype=np.float32)
+        full[r0 : r1 + 1, c0 : c1 + 1] = self.crop
+        return full
 
 
 def _default_loader(name: str, device: str | None, progress: Callable | None) -> Any:
     from napari_ritm.weights import load_model
 
-    if "progress" in inspect.signature(load_model).parameters:
-        # False: no tqdm bar on stderr when nobody listens
-        return load_model(name, device=device, progress=progress or False)
-    return load_model(name, device=device)
+    # False: no tqdm bar on stderr when nobody listens
+    return load_model(name, device=device, progress=progress or False)
 
 
 def _default_session_factory(
-    model: Any, *, zoom_in: bool, flip: bool, device: Any, precision: str = "float32"
+    model: Any,
+    *,
+    zoom_in: bool,
+    flip: bool,
+    device: Any,
+    precision: str = "auto",
+    preset: str = "interactive",
 ) -> Any:
     from napari_ritm.inference.session import ClickSession
 
-    return ClickSession(model, zoom_in=zoom_in, flip=flip, device=device, dtype=precision)
+    # zoom-in on means "the preset's zoom-in"; only switching it off overrides the preset
+    extra: dict[str, Any] = {} if zoom_in else {"zoom_in": False}
+    return ClickSession(
+        model, preset=preset, flip=flip, device=device, precision=precision, **extra
+    )
 
 
 class PredictionEngine:
@@ -109,7 +141,8 @@ class PredictionEngine:
 
     Args:
         loader: ``(name, device, progress) -> model``; default ``weights.load_model``.
-        session_factory: ``(model, *, zoom_in, flip, device, precision) -> session``; default
+        session_factory: ``(model, *, zoom_in, flip, device, precision, preset) -> session``;
+            default
             ClickSession.
         progress: ``(done, total, message)`` callable for model downloads/loads.
     """
@@ -153,7 +186,13 @@ class PredictionEngine:
             result.timings["load"] = time.perf_counter() - t0
             if request.image is None:
                 return result
-            session_key = (self.model_key, request.zoom_in, request.flip, request.precision)
+            session_key = (
+                self.model_key,
+                request.zoom_in,
+                request.flip,
+                request.precision,
+                request.preset,
+            )
             if self.session is None or self._session_key != session_key:
                 self.session = self._session_factory(
                     model,
@@ -161,6 +200,7 @@ class PredictionEngine:
                     flip=request.flip,
                     device=request.device,
                     precision=request.precision,
+                    preset=request.preset,
                 )
                 self._session_key = session_key
                 self._image_key = None
@@ -177,12 +217,31 @@ class PredictionEngine:
                 self._image_key = request.image_key
             result.timings["set_image"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            probs = self.session.set_clicks(list(request.clicks))
+            self.session.update_clicks(list(request.clicks))
+            # Only the changed box travels to the UI: the session's crop is a read-only entry of
+            # its history, never changed later (a full map is 256 MB per click at 8192x8192).
+            result.roi, result.crop = self.session.probs_roi
+            result.hw = tuple(self.session.image_shape)
             result.timings["predict"] = time.perf_counter() - t0
-            # No copy: the session's returned maps are read-only entries of its history and are
-            # never changed later (a copy costs 256 MB per click on an 8192x8192 image).
-            result.probs = probs
+            result.precision = _precision_name(self.session)
+            result.device = str(getattr(self.session, "device", "") or "") or None
         except RitmError as exc:
             logger.info("user error: %s", exc)
             result.error = exc
         return result
+
+    def release(self) -> None:
+        """Drop the model and session (call only when no job can be running)."""
+        self.session = None
+        self.model = None
+        self.model_key = None
+        self._session_key = None
+        self._image_key = None
+
+
+def _precision_name(session: Any) -> str | None:
+    """The precision a session computes in, as a short name ("float32", "bfloat16"...)."""
+    value = getattr(session, "precision", None) or getattr(session, "dtype", None)
+    if value is None:
+        return None
+    return str(value).replace("torch.", "")

@@ -39,6 +39,7 @@ __all__ = [
     "commit_indices",
     "current_plane",
     "image_plane",
+    "is_ritm_layer",
     "spatial_shape",
     "world_to_spatial",
 ]
@@ -48,6 +49,8 @@ NEGATIVE_NAME = "RITM negative"
 PREVIEW_NAME = "RITM preview"
 POSITIVE_COLOR = "#00ff00"
 NEGATIVE_COLOR = "#ff0000"
+#: Key in ``layer.metadata`` that marks the layers the RITM widget made for itself.
+RITM_ROLE = "napari-ritm role"
 #: Points feature holding the global order in which clicks were made (RITM is order sensitive:
 #: every click is predicted with the previous click's probabilities as prior).
 ORDER = "order"
@@ -120,6 +123,19 @@ class Plane:
         for a in self.other_axes:
             keep &= np.round(coords[:, a]).astype(np.int64) == self.index[a]
         return keep
+
+
+def is_ritm_layer(layer: Any) -> bool:
+    """Whether ``layer`` is one the RITM widget made for itself (clicks, preview).
+
+    Such layers are never offered as images to segment or labels to write or train on.
+    """
+    metadata = getattr(layer, "metadata", None) or {}
+    return RITM_ROLE in metadata or getattr(layer, "name", None) in (
+        POSITIVE_NAME,
+        NEGATIVE_NAME,
+        PREVIEW_NAME,
+    )
 
 
 def spatial_shape(layer: Any, channel_axis: int | None = None) -> tuple[int, ...]:

@@ -1,17 +1,23 @@
-"""Latest-click-wins runner over napari thread workers; the only module that knows threads.
+"""Jobs off the UI thread, one at a time: latest-wins previews and kept commit jobs.
 
-Jobs run one at a time in a napari ``FunctionWorker`` so the viewer stays responsive. While a job
-runs, a newly submitted job does not start a second thread: it waits in a single "pending" slot,
-and a newer submission replaces it (latest wins). The result of a job is delivered only if no
-newer job was submitted meanwhile, so the user never sees a stale prediction after a newer click.
+Jobs run in napari ``FunctionWorker`` threads so the viewer stays responsive, one at a time
+because they share one model and one session. Two kinds:
 
-Jobs must therefore be *idempotent full-state* jobs ("bring the session to these clicks and
-predict"), which is what :class:`napari_ritm.napari.engine.PredictionEngine` runs.
+* **preview** jobs (``submit``): while one runs, a newer preview waits in a single slot and an
+  even newer one replaces it (latest wins); a preview's result is delivered only if no newer
+  preview was submitted meanwhile, so the user never sees a stale prediction after a new click.
+* **kept** jobs (``submit_kept``): never superseded, run in submission order *before* waiting
+  previews, and each result goes to the callback given with it. "Finish object" uses them: the
+  snapshot of an object must be computed even when the user already clicks on the next one.
+
+Jobs must be *idempotent full-state* jobs ("bring the session to these clicks and predict"), which
+is what :class:`napari_ritm.napari.engine.PredictionEngine` runs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,12 +29,12 @@ __all__ = ["LatestRunner"]
 
 
 class LatestRunner:
-    """Run submitted callables off the UI thread, one at a time, delivering only the newest result.
+    """Run submitted callables off the UI thread, one at a time (see the module docstring).
 
     Args:
-        on_result: called on the UI thread with the return value of the newest job.
-        on_busy: called on the UI thread with True when work starts and False when the queue
-            empties (drive a busy indicator with it).
+        on_result: called on the UI thread with the return value of the newest preview job.
+        on_busy: called on the UI thread with True when work starts and False when all queues
+            are empty (drive a busy indicator with it).
         progress_desc: text of napari's indeterminate progress bar shown while a job runs
             (None: no napari progress bar).
 
@@ -48,21 +54,28 @@ class LatestRunner:
         self._progress_desc = progress_desc
         self._worker: Any = None
         self._pending: tuple[int, Callable[[], Any]] | None = None
+        self._kept: deque[tuple[Callable[[], Any], Callable[[Any], None]]] = deque()
         self._ticket = 0
         self._closed = False
+        self._on_stopped: Callable[[], None] | None = None
 
     @property
     def busy(self) -> bool:
         """True while a job runs or waits."""
-        return self._worker is not None or self._pending is not None
+        return self._worker is not None or self._pending is not None or bool(self._kept)
 
     @property
     def ticket(self) -> int:
-        """Number of the newest submitted job."""
+        """Number of the newest submitted preview job."""
         return self._ticket
 
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`: nothing new starts."""
+        return self._closed
+
     def submit(self, fn: Callable[[], Any]) -> int:
-        """Queue ``fn`` to run in a worker thread; it supersedes any job still waiting.
+        """Queue preview job ``fn``; it supersedes any preview still waiting.
 
         Returns:
             the job's ticket (increasing integers).
@@ -70,48 +83,74 @@ class LatestRunner:
         if self._closed:
             return self._ticket
         self._ticket += 1
-        if self._worker is None:
-            self._start(self._ticket, fn)
-        else:
-            if self._pending is not None:
-                logger.debug("job %d superseded by %d", self._pending[0], self._ticket)
-            self._pending = (self._ticket, fn)
+        if self._pending is not None:
+            logger.debug("job %d superseded by %d", self._pending[0], self._ticket)
+        self._pending = (self._ticket, fn)
+        self._start_next()
         return self._ticket
 
-    def close(self) -> None:
-        """Drop waiting jobs and ignore results of the running one (widget closing)."""
+    def submit_kept(self, fn: Callable[[], Any], on_result: Callable[[Any], None]) -> None:
+        """Queue a job that is never superseded; ``on_result(value)`` gets its return value."""
+        if self._closed:
+            return
+        self._kept.append((fn, on_result))
+        self._start_next()
+
+    def close(self, on_stopped: Callable[[], None] | None = None) -> None:
+        """Drop every waiting job and ignore the running one's result (the owner is closing).
+
+        Args:
+            on_stopped: called once no job runs any more: at once when idle, else on the UI
+                thread when the running job's thread has finished (release shared state there,
+                never while a job may still use it).
+        """
         self._closed = True
         self._pending = None
+        self._kept.clear()
+        if self._worker is None:
+            if on_stopped is not None:
+                on_stopped()
+        else:
+            self._on_stopped = on_stopped
 
-    def _start(self, ticket: int, fn: Callable[[], Any]) -> None:
-        if self._on_busy is not None and self._worker is None:
-            self._on_busy(True)
+    def _start_next(self) -> None:
+        if self._worker is not None or self._closed:
+            return
+        if self._kept:
+            fn, callback = self._kept.popleft()
+            deliver: Callable[[Any], None] = callback
+        elif self._pending is not None:
+            ticket, fn = self._pending
+            self._pending = None
+
+            def deliver(value: Any, t: int = ticket) -> None:
+                if t == self._ticket:
+                    self._on_result(value)
+                else:
+                    logger.debug("dropping stale result of job %d (newest %d)", t, self._ticket)
+
+        else:
+            if self._on_busy is not None:
+                self._on_busy(False)
+            return
         kwargs: dict[str, Any] = {}
         if self._progress_desc:
             kwargs["_progress"] = {"desc": self._progress_desc}
         worker = create_worker(fn, **kwargs)
-        worker.returned.connect(lambda value, t=ticket: self._returned(t, value))
+        worker.returned.connect(lambda value: None if self._closed else deliver(value))
         worker.finished.connect(lambda w=worker: self._finished(w))
+        if self._on_busy is not None:
+            self._on_busy(True)
         self._worker = worker
         worker.start()
-
-    def _returned(self, ticket: int, value: Any) -> None:
-        if self._closed:
-            return
-        if ticket == self._ticket:
-            self._on_result(value)
-        else:
-            logger.debug("dropping stale result of job %d (newest %d)", ticket, self._ticket)
 
     def _finished(self, worker: Any) -> None:
         if worker is not self._worker:
             return
         self._worker = None
         if self._closed:
-            return  # the owner is gone: no callbacks into a deleted widget
-        if self._pending is not None:
-            ticket, fn = self._pending
-            self._pending = None
-            self._start(ticket, fn)
-        elif self._on_busy is not None:
-            self._on_busy(False)
+            stopped, self._on_stopped = self._on_stopped, None
+            if stopped is not None:
+                stopped()
+            return  # the owner is gone: no other callbacks into a closed widget
+        self._start_next()
