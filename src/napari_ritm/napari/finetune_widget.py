@@ -1,22 +1,20 @@
 """FinetuneWidget: the "Fine-tune" dock widget (train a RITM model on painted Labels layers).
 
 Pick Image + Labels layer pairs (or a data folder), an output folder, where to start from and how
-long to train, then Start. Training runs :func:`napari_ritm_training.trainer.run_finetune` in a
-napari thread worker, so the viewer stays responsive; a napari progress bar shows the steps,
-the loss and the ETA (polled from the main thread). Stop saves a resumable state and ``last.pth``.
-When the run ends, the checkpoint path is logged and shown in a notification; the RITM widget
-can load it through its "checkpoint" file field.
+long to train, then Start. The layer data is copied when the run starts, so painting during
+training does not change the training set. :func:`napari_ritm_training.run_finetune` runs in a
+:class:`~napari_ritm.napari.training_job.TrainingJob` (a napari thread worker) with a napari
+progress bar; Stop, or closing the dock, makes it save a resumable state and ``last.pth``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -28,24 +26,42 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from napari.utils.notifications import notification_manager, show_error, show_info, show_warning
 
 from napari_ritm.errors import RitmError
+from napari_ritm.napari.training_job import (
+    DockLifecycle,
+    LayerWatch,
+    TrainingJob,
+    ask_stop,
+    is_training_labels,
+    short_message,
+    snapshot_pairs,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinetuneWidget"]
+__all__ = ["SCRATCH", "FinetuneWidget"]
 
 SCRATCH = "scratch (random init)"
+STOP_QUESTION = (
+    "A fine-tuning run is in progress. Stop it? It saves last.pth and a resumable state "
+    "(resume.pth) in its output folder after the current step."
+)
 
 
 def _default_out_dir() -> Path:
+    """A new run folder under ~/napari-ritm-runs (runs need an empty one)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path.home() / "napari-ritm-runs" / f"finetune-{stamp}"
+    path = base = Path.home() / "napari-ritm-runs" / f"finetune-{stamp}"
+    for n in range(2, 1000):
+        if not path.exists():
+            break
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def _start_choices() -> list[str]:
@@ -62,34 +78,57 @@ def _start_choices() -> list[str]:
 class FinetuneWidget(Container):
     """Dock widget that fine-tunes (or trains) a model on Image/Labels layer pairs.
 
+    Lifecycle: the widget follows the layer list to keep its layer choices current. Closing it,
+    or removing it from its dock, asks ``confirm`` first while training runs; the viewer window
+    closing stops the run without asking (see
+    :class:`~napari_ritm.napari.training_job.DockLifecycle`). Each way disconnects every event.
+
+    Args:
+        viewer: the napari viewer.
+        confirm: ``confirm(question) -> True`` to stop a running training; default
+            :func:`ask_stop` (a QMessageBox). Tests pass a stub.
+
     Attributes:
         pairs: the (image layer name, labels layer name) pairs to train on.
         checkpoint: path of the last finished run's checkpoint (None before).
-        worker: the running napari thread worker (None when idle).
+        job: the running :class:`~napari_ritm.napari.training_job.TrainingJob` (None when idle).
+        torn_down: the widget was closed or removed and no longer listens to the viewer.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+    def __init__(
+        self, viewer: napari.viewer.Viewer, *, confirm: Callable[[str], bool] | None = None
+    ) -> None:
         super().__init__(labels=True)
+        from napari_ritm.weights import DEFAULT_MODEL
+
         self.viewer = viewer
+        self.confirm = confirm or ask_stop
         self.pairs: list[tuple[str, str]] = []
         self.checkpoint: Path | None = None
-        self.worker: Any = None
-        self._stop = threading.Event()
-        self._latest: tuple[int, int, str] | None = None
-        self._pbar: Any = None
+        self.job: TrainingJob | None = None
+        self.torn_down = False
 
-        self.image = ComboBox(label="image", choices=self._layer_choices(Image))
-        self.labels = ComboBox(label="labels", choices=self._layer_choices(Labels))
+        # not "image"/"labels": Container.labels is a property of magicgui. Callable choices:
+        # napari's reset_choices (called when docking) recomputes them instead of emptying them
+        self.image_layer = ComboBox(label="image", choices=lambda _: self._layer_choices(Image))
+        self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layer_choices(Labels))
         self.add_pair = PushButton(text="Add pair")
         self.clear_pairs = PushButton(text="Clear pairs")
         self.pair_list = Label(value="pairs: (the image/labels above)")
         self.folder = FileEdit(label="or data folder", mode="d", value="")
-        self.out = FileEdit(label="output folder", mode="d", value=str(_default_out_dir()))
-        self.start_from = ComboBox(label="start from", choices=_start_choices())
+        self._auto_out = str(_default_out_dir())
+        self.out = FileEdit(label="output folder", mode="d", value=self._auto_out)
+        starts = _start_choices()
+        self.start_from = ComboBox(
+            label="start from",
+            choices=starts,
+            value=DEFAULT_MODEL if DEFAULT_MODEL in starts else SCRATCH,
+        )
         self.start_file = FileEdit(label="or checkpoint", mode="r", filter="*.pth *.pt", value="")
         self.epochs = SpinBox(label="epochs", value=5, min=1, max=10_000)
         self.iters = SpinBox(label="steps per epoch", value=100, min=1, max=1_000_000)
-        self.batch_size = SpinBox(label="batch size", value=8, min=1, max=512)
+        # min 2: BatchNorm after the OCR head's pooling cannot train on a batch of one
+        self.batch_size = SpinBox(label="batch size", value=8, min=2, max=512)
         self.crop = SpinBox(label="crop size", value=192, min=32, max=2048, step=16)
         self.synthetic = FloatSpinBox(
             label="synthetic fraction", value=0.0, min=0.0, max=1.0, step=0.1
@@ -102,8 +141,9 @@ class FinetuneWidget(Container):
         self.start = PushButton(text="Start")
         self.stop = PushButton(text="Stop", enabled=False)
         self.status = Label(value="idle")
+        self.status.native.setWordWrap(True)
         self.extend([
-            self.image, self.labels, self.add_pair, self.clear_pairs, self.pair_list,
+            self.image_layer, self.labels_layer, self.add_pair, self.clear_pairs, self.pair_list,
             self.folder, self.out, self.start_from, self.start_file, self.epochs, self.iters,
             self.batch_size, self.crop, self.synthetic, self.val_fraction, self.freeze,
             self.device, self.start, self.stop, self.status,
@@ -113,28 +153,29 @@ class FinetuneWidget(Container):
         self.clear_pairs.changed.connect(self._on_clear_pairs)
         self.start.changed.connect(self._on_start)
         self.stop.changed.connect(self._on_stop)
-        viewer.layers.events.inserted.connect(self._refresh_layers)
-        viewer.layers.events.removed.connect(self._refresh_layers)
-        self._timer = QTimer()
-        self._timer.setInterval(250)
-        self._timer.timeout.connect(self._poll_progress)
+        self._layers = LayerWatch(viewer, self._refresh_layers)
+        self._lifecycle = DockLifecycle(
+            self.native,
+            busy=lambda: self.job is not None and self.job.running,
+            confirm=lambda: self.confirm(STOP_QUESTION),
+            teardown=self._teardown,
+        )
 
     # -- layers --------------------------------------------------------------------------------
     def _layer_choices(self, kind: type) -> list[str]:
+        if kind is Labels:
+            return [layer.name for layer in self.viewer.layers if is_training_labels(layer)]
         return [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
 
-    def _refresh_layers(self, event: Any = None) -> None:
-        for combo, kind in ((self.image, Image), (self.labels, Labels)):
-            current = combo.value
-            combo.choices = self._layer_choices(kind)
-            if current in combo.choices:
-                combo.value = current
+    def _refresh_layers(self) -> None:
+        self.image_layer.reset_choices()  # keeps the selection while it is still a choice
+        self.labels_layer.reset_choices()
 
     def _on_add_pair(self) -> None:
-        if not self.image.value or not self.labels.value:
+        if not self.image_layer.value or not self.labels_layer.value:
             show_warning("pick an Image and a Labels layer first")
             return
-        pair = (self.image.value, self.labels.value)
+        pair = (self.image_layer.value, self.labels_layer.value)
         if pair not in self.pairs:
             self.pairs.append(pair)
         self.pair_list.value = "pairs: " + "; ".join(f"{i} + {lab}" for i, lab in self.pairs)
@@ -143,23 +184,15 @@ class FinetuneWidget(Container):
         self.pairs = []
         self.pair_list.value = "pairs: (the image/labels above)"
 
-    def _collect_arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-        pairs = list(self.pairs)
-        if not pairs and self.image.value and self.labels.value:
-            pairs = [(self.image.value, self.labels.value)]
-        images, labels, names = [], [], []
-        for image_name, labels_name in pairs:
-            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
-                raise RitmError(f"layer {image_name!r} or {labels_name!r} no longer exists")
-            images.append(np.asarray(self.viewer.layers[image_name].data))
-            labels.append(np.asarray(self.viewer.layers[labels_name].data))
-            names.append(image_name)
-        return images, labels, names
-
     # -- run -----------------------------------------------------------------------------------
     def make_config(self) -> Any:
-        """The :class:`~napari_ritm_training.trainer.TrainConfig` for the current settings."""
-        from napari_ritm_training.trainer import TrainConfig
+        """The :class:`~napari_ritm_training.TrainConfig` for the current settings.
+
+        ``threads`` is this process's current torch thread count, so the trainer does not change
+        the count for the whole process (the viewer's own inference uses it too).
+        """
+        import torch
+        from napari_ritm_training import TrainConfig
 
         folder = str(self.folder.value) if str(self.folder.value) not in ("", ".") else None
         start_file = str(self.start_file.value)
@@ -179,94 +212,102 @@ class FinetuneWidget(Container):
             val_fraction=float(self.val_fraction.value),
             freeze_backbone=bool(self.freeze.value),
             device=str(self.device.value),
+            threads=torch.get_num_threads(),
         )
 
     def _on_start(self) -> None:
-        if self.worker is not None:
+        if self.job is not None:
             show_warning("a training run is already going; stop it first")
             return
         try:
             config = self.make_config()
-            images, labels, names = self._collect_arrays()
+            pairs = self.pairs or [(self.image_layer.value, self.labels_layer.value)]
+            images, labels, names = snapshot_pairs(self.viewer, [p for p in pairs if all(p)])
             if not images and not config.data and config.synthetic_fraction < 1.0:
                 raise RitmError(
                     "nothing to train on: pick an Image and a Labels layer (Add pair for more), "
                     "or a data folder"
                 )
+            config.validate(has_arrays=bool(images))
         except RitmError as exc:
-            show_error(str(exc))
+            self._report_error(exc)
             return
-        from napari.qt.threading import create_worker
 
-        self._stop.clear()
-        self._latest = None
-        self.worker = create_worker(self._train, config, images, labels, names)
-        self.worker.returned.connect(self._on_done)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.start.enabled, self.stop.enabled = False, True
-        self.status.value = "loading data..."
-        from napari.utils import progress
+        def train(
+            progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]
+        ) -> Path:
+            from napari_ritm_training import from_arrays, run_finetune
 
-        self._pbar = progress(total=config.epochs * config.iters_per_epoch, desc="fine-tune")
-        self._timer.start()
-        self.worker.start()
+            datasets = [from_arrays(images, labels, names)] if images else []
+            return run_finetune(config, progress, should_stop, datasets=datasets)
 
-    def _train(
-        self, config: Any, images: list[np.ndarray], labels: list[np.ndarray], names: list[str]
-    ) -> Path:
-        """Worker thread: arrays -> dataset -> run_finetune (no Qt calls here)."""
-        from napari_ritm_training.data import from_arrays
-        from napari_ritm_training.trainer import run_finetune
-
-        datasets = [from_arrays(images, labels, names)] if images else []
-        return run_finetune(
-            config, progress=self._on_progress, should_stop=self._stop.is_set, datasets=datasets
+        self.job = TrainingJob(
+            train,
+            total=config.epochs * config.iters_per_epoch,
+            description="fine-tune",
+            on_progress=lambda done, total, message: self._set_status(message),
+            on_finished=self._on_finished,
         )
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self._latest = (done, total, message)  # read by the main-thread timer
-
-    def _poll_progress(self) -> None:
-        latest = self._latest
-        if latest is None or self._pbar is None:
-            return
-        done, total, message = latest
-        if self._pbar.total != total:
-            self._pbar.total = total
-        self._pbar.n = done
-        self._pbar.set_description(message.split(" (")[0])
-        self._pbar.refresh()
-        self.status.value = message
+        self.start.enabled, self.stop.enabled = False, True
+        self._set_status("loading data...")
+        self.job.start()
 
     def _on_stop(self) -> None:
-        self._stop.set()
-        self.status.value = "stopping after this step..."
+        if self.job is not None:
+            self.job.request_stop()
+            self._set_status("stopping after this step...")
 
-    def _on_done(self, checkpoint: Path) -> None:
-        self.checkpoint = Path(checkpoint)
-        stopped = (
-            " (stopped; resume with napari-ritm-finetune --resume)" if self._stop.is_set() else ""
-        )
-        logger.info("fine-tuning finished: %s%s", checkpoint, stopped)
-        self.status.value = f"done: {checkpoint}"
-        show_info(
-            f"Fine-tuning finished{stopped}. Checkpoint: {checkpoint} - load it in the RITM widget "
-            "with 'or checkpoint'."
-        )
+    def _on_finished(self, job: TrainingJob) -> None:
+        if self.job is job:
+            self.job = None
+        if job.error is not None:
+            self._report_error(job.error)
+        elif job.result is not None:
+            self.checkpoint = Path(job.result)
+            how = "stopped (resume.pth saved)" if job.stop_requested else "finished"
+            logger.info("fine-tuning %s: %s", how, self.checkpoint)
+            self._set_status(f"done, {how}: {self.checkpoint}")
+            show_info(
+                f"Fine-tuning {how}. Checkpoint: {self.checkpoint} - load it in the RITM widget "
+                "with 'or checkpoint'."
+            )
+        if not self.torn_down:
+            self.start.enabled, self.stop.enabled = True, False
+            if str(self.out.value) == self._auto_out:  # the next run needs an empty folder
+                self._auto_out = str(_default_out_dir())
+                self.out.value = self._auto_out
 
-    def _on_error(self, exc: BaseException) -> None:
-        self.status.value = f"error: {exc}"
+    def _set_status(self, text: str) -> None:
+        if not self.torn_down:  # after teardown the Qt label may already be deleted
+            self.status.value = text
+
+    def _report_error(self, exc: Exception) -> None:
+        """Short message in the status label; the whole message (or traceback) as notification."""
+        self._set_status(f"error: {short_message(exc)}")
         if isinstance(exc, RitmError):
             show_error(str(exc))
-        else:
+        else:  # a bug: the notification carries the traceback
             logger.error("fine-tuning failed", exc_info=exc)
-            show_error(f"fine-tuning failed: {exc!r}")
+            notification_manager.receive_error(type(exc), exc, exc.__traceback__)
 
-    def _on_finished(self) -> None:
-        self._timer.stop()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.worker = None
-        self.start.enabled, self.stop.enabled = True, False
+    # -- teardown ------------------------------------------------------------------------------
+    def _teardown(self, stop: bool) -> None:
+        """Stop the run (if ``stop``) and disconnect every event; idempotent.
+
+        Also called while Python collects the widget, when its attributes may be gone already
+        (a running job keeps the widget alive, so then there is no run to stop).
+        """
+        state = vars(self)
+        job = state.get("job")
+        if stop and job is not None:
+            job.request_stop()
+        if state.get("torn_down", True) or "_layers" not in state:
+            return
+        self.torn_down = True
+        self._layers.disconnect()
+        events = self.viewer.layers.events
+        for name in ("inserted", "removed", "reordered", "renamed"):
+            # napari connects these to a docked magicgui widget and never disconnects them
+            getattr(events, name).disconnect(self.reset_choices)
+        if job is not None and job.running and not stop:
+            show_info("Fine-tuning continues in the background; a notification says when it ends.")
