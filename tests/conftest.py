@@ -106,3 +106,12 @@ def _torch_threads():
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def warnings_seen(monkeypatch) -> list[str]:
+    """Warnings the RITM dock shows (its notifications), in order."""
+    seen: list[str] = []
+    monkeypatch.setattr("napari_ritm.napari.controls.show_warning", seen.append)
+    return seen
+

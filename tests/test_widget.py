@@ -39,13 +39,6 @@ def image2d() -> np.ndarray:
 
 
 @pytest.fixture
-def warnings_seen(monkeypatch) -> list[str]:
-    seen: list[str] = []
-    monkeypatch.setattr("napari_ritm.napari.controls.show_warning", seen.append)
-    return seen
-
-
-@pytest.fixture
 def make_widget(make_napari_viewer, tiny_model, qtbot):
     from napari_ritm.napari.widget import RitmWidget
 
