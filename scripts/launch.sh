@@ -10,8 +10,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install.sh qt
 
-if [[ "$(uname -s)" == Linux && -z "${DISPLAY:-}" && -z "${WAYLAND_DISPLAY:-}" ]]; then
-  echo "[launch] no display found (DISPLAY is not set). On a remote machine use X forwarding" >&2
-  echo "         (ssh -X) or run: xvfb-run -a bash scripts/launch.sh (invisible, for testing)" >&2
-fi
+# Without a display `napari-ritm view` says in one line what to do and exits with code 2.
 exec "$ROOT/.venv/bin/napari-ritm" view "$@"
