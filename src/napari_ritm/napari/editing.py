@@ -11,7 +11,6 @@ of the result (and of the refined object) is read and written, in one napari und
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,10 +18,11 @@ from napari.layers import Labels
 
 from napari_ritm.errors import ImageFormatError
 from napari_ritm.napari.click_input import add_keeping_selection, spatial_transform
-from napari_ritm.napari.engine import Request, Result
+from napari_ritm.napari.commit import Prior, Snapshot, write_commit
+from napari_ritm.napari.engine import Result
 from napari_ritm.napari.identity import next_serial
-from napari_ritm.napari.label_ids import LabelIds
-from napari_ritm.napari.layers import Plane, commit_indices, spatial_shape
+from napari_ritm.napari.label_ids import LabelIds, max_painted_value
+from napari_ritm.napari.layers import Plane, spatial_shape
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_ritm.napari.bridge import PredictionBridge
@@ -31,53 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_ritm.napari.preview import PreviewRenderer
 
 __all__ = ["ObjectEditor", "Prior", "Snapshot"]
-
-Roi = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Prior:
-    """An existing object being refined (or carried from the previous slice) on one plane.
-
-    Attributes:
-        label_id: the ID the object is written back with.
-        mask: (h, w) bool mask of the object, the session's prior.
-        replace: ID whose pixels outside the new mask are cleared (the object itself), or None.
-        fresh: ``label_id`` was unused when the prior was made (a new ID on a new slice).
-        serial: identity of the mask for the engine's cache (never reused).
-    """
-
-    label_id: int
-    mask: np.ndarray
-    replace: int | None
-    fresh: bool
-    serial: int
-
-    @property
-    def box(self) -> Roi | None:
-        rows, cols = np.nonzero(self.mask)
-        if len(rows) == 0:
-            return None
-        return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything a commit needs, frozen when the user pressed Finish."""
-
-    request: Request
-    plane: Plane
-    image: Any
-    image_key: Any
-    labels: Labels
-    labels_key: Any
-    label_id: int
-    replace: int | None
-    fresh: bool
-    threshold: float
-    overwrite: bool
-    prior_box: Roi | None
-    then: Callable[[int], Any] | None = None  # run after a successful commit (propagate)
 
 
 class ObjectEditor:
@@ -101,6 +54,7 @@ class ObjectEditor:
         self.priors: dict[tuple, Prior] = {}
         self.last_commit: tuple[int, Plane, Labels] | None = None
         self.pending = 0  # snapshots waiting for their prediction
+        self.watched_labels: Labels | None = None
         self._auto_id: int | None = None
 
     # -- labels layer and IDs --------------------------------------------------------------------
@@ -150,6 +104,32 @@ class ObjectEditor:
             return
         self._auto_id = self.next_free_id(labels)
         self.controls.label_id.value = self._auto_id
+
+    def watch_labels(self, labels: Labels | None) -> None:
+        """Follow ``labels`` (the chosen layer): napari undo/redo and paints move the next ID."""
+        old = self.watched_labels
+        if old is labels:
+            return
+        if old is not None:
+            old.events.set_data.disconnect(self._on_labels_refreshed)
+            old.events.paint.disconnect(self._on_labels_painted)
+        if labels is not None:
+            labels.events.set_data.connect(self._on_labels_refreshed)
+            labels.events.paint.connect(self._on_labels_painted)
+            self.show_next_id(labels)
+        self.watched_labels = labels
+
+    def _on_labels_refreshed(self, _event: Any = None) -> None:
+        labels = self.watched_labels
+        if labels is None:
+            return
+        before = self.next_free_id(labels)
+        self.ids.refreshed(labels)  # napari's undo/redo of a commit
+        if self.next_free_id(labels) != before:
+            self.show_next_id(labels)
+
+    def _on_labels_painted(self, event: Any) -> None:
+        self.ids.painted(max_painted_value(event))
 
     def _plane_key(self) -> tuple | None:
         try:
@@ -237,49 +217,20 @@ class ObjectEditor:
 
     def _write(self, snap: Snapshot, result: Result) -> int | None:
         gens = self.bridge.generations
-        if result.error is not None:
-            self.controls.warn(f"label {snap.label_id} not written: {result.error}")
-            return None
-        if (
-            snap.labels not in self.viewer.layers
-            or snap.image not in self.viewer.layers
-            or gens.key(snap.labels) != snap.labels_key
-            or gens.key(snap.image) != snap.image_key
-        ):
-            self.controls.warn(
-                f"label {snap.label_id} not written: its image or labels layer was replaced or "
-                "removed before the prediction arrived"
-            )
-            return None
-        box, mask = _mask_in_box(result, snap.prior_box, snap.threshold)
-        if not mask.any():
-            self.controls.warn(
-                f"label {snap.label_id} is empty at threshold {snap.threshold:.2f}: nothing "
-                "written; add positive clicks or lower the threshold"
-            )
-            return None
-        r0, r1, c0, c1 = box
-        labels = snap.labels
-        region = np.asarray(labels.data[snap.plane.data_index()][r0 : r1 + 1, c0 : c1 + 1])
-        set_rc, clear_rc = commit_indices(
-            region, mask, snap.label_id, overwrite=snap.overwrite, replace=snap.replace
+        target_ok = (
+            snap.labels in self.viewer.layers
+            and snap.image in self.viewer.layers
+            and gens.key(snap.labels) == snap.labels_key
+            and gens.key(snap.image) == snap.image_key
         )
-        if not len(set_rc[0]) and not len(clear_rc[0]):
-            self.controls.warn(
-                f"label {snap.label_id}: nothing written, the object lies on other labels "
-                "(tick 'overwrite other labels' to replace them)"
-            )
+        outcome = write_commit(snap, result, target_ok)
+        if outcome.label_id is None:
+            self.controls.warn(outcome.message)
             return None
-        set_nd = snap.plane.nd_indices(set_rc[0] + r0, set_rc[1] + c0)
-        with labels.block_history():  # one napari undo step for the whole commit
-            if len(set_rc[0]):
-                labels.data_setitem(set_nd, snap.label_id)
-            if len(clear_rc[0]):
-                labels.data_setitem(snap.plane.nd_indices(clear_rc[0] + r0, clear_rc[1] + c0), 0)
-        self.ids.committed(snap.label_id, set_nd, snap.fresh)
-        self.last_commit = (snap.label_id, snap.plane, labels)
-        self.controls.set_status(f"label {snap.label_id} written ({len(set_rc[0])} px)")
-        return snap.label_id
+        self.ids.committed(outcome.label_id, outcome.written, snap.fresh)
+        self.last_commit = (outcome.label_id, snap.plane, snap.labels)
+        self.controls.set_status(outcome.message)
+        return outcome.label_id
 
     def clear_object(self, plane: Plane) -> None:
         """Forget the object in progress on ``plane``: clicks, prior, held result, preview."""
@@ -337,21 +288,3 @@ class ObjectEditor:
         if labels is None:
             self.controls.warn("no labels layer chosen; pick the layer holding the object")
         return labels
-
-
-def _mask_in_box(result: Result, prior_box: Roi | None, threshold: float) -> tuple[Roi, np.ndarray]:
-    """The result's mask in the union of its box and the refined object's box."""
-    roi = result.roi
-    assert roi is not None and result.crop is not None
-    box = roi
-    if prior_box is not None:
-        box = (
-            min(roi[0], prior_box[0]),
-            max(roi[1], prior_box[1]),
-            min(roi[2], prior_box[2]),
-            max(roi[3], prior_box[3]),
-        )
-    r0, r1, c0, c1 = box
-    mask = np.zeros((r1 - r0 + 1, c1 - c0 + 1), dtype=bool)
-    mask[roi[0] - r0 : roi[1] - r0 + 1, roi[2] - c0 : roi[3] - c0 + 1] = result.crop > threshold
-    return box, mask

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_ritm.napari.editing import Prior
+from napari_ritm.napari.commit import Prior
 from napari_ritm.napari.identity import next_serial
 from napari_ritm.napari.layers import Plane, centre_pixel
 

@@ -5,8 +5,10 @@ The class napari instantiates only wires the parts, each with one job:
 * :class:`~napari_ritm.napari.controls.ControlPanel` (its base): option widgets, pickers, status;
 * :class:`~napari_ritm.napari.click_input.ClickInput`: the click Points layers and the mouse;
 * :class:`~napari_ritm.napari.bridge.PredictionBridge`: requests to the model, off the UI thread;
+* :class:`~napari_ritm.napari.live.LivePrediction`: the preview follows the displayed clicks;
 * :class:`~napari_ritm.napari.preview.PreviewRenderer`: the ROI-bounded preview layer;
-* :class:`~napari_ritm.napari.editing.ObjectEditor`: finish by snapshot, refine, label IDs;
+* :class:`~napari_ritm.napari.editing.ObjectEditor`: finish by snapshot, refine, label IDs
+  (the commit itself: :mod:`napari_ritm.napari.commit`);
 * :class:`~napari_ritm.napari.stacks.StackNavigator`: slices and propagation;
 * :class:`~napari_ritm.napari.keys.KeyBindings`: N, Shift+N, U, Shift+U, "." and ",".
 
@@ -31,10 +33,10 @@ from napari_ritm.napari.bridge import PredictionBridge
 from napari_ritm.napari.click_input import ClickInput
 from napari_ritm.napari.controls import ControlPanel
 from napari_ritm.napari.editing import ObjectEditor
-from napari_ritm.napari.engine import PredictionEngine, Result
+from napari_ritm.napari.engine import PredictionEngine
 from napari_ritm.napari.keys import KEYS, KeyBindings, focus_canvas
-from napari_ritm.napari.label_ids import max_painted_value
 from napari_ritm.napari.layers import Plane, current_plane, spatial_shape
+from napari_ritm.napari.live import LivePrediction
 from napari_ritm.napari.preview import PreviewRenderer
 from napari_ritm.napari.stacks import StackNavigator
 
@@ -67,13 +69,15 @@ class RitmWidget(ControlPanel):
         self._quiet = False
         self._torn_down = False
         self._plane_seen: Plane | None = None
-        self._watched_labels: Any = None
-        self.bridge = PredictionBridge(self, engine, self._on_result, self._on_data_replaced)
+        self.bridge = PredictionBridge(
+            self, engine, lambda result: self.live.on_result(result), self._on_data_replaced
+        )
         self.engine, self.runner = self.bridge.engine, self.bridge.runner
         self.preview = PreviewRenderer(self)
         self.clicks = ClickInput(self, self.plane, self.request_prediction, self._refine_at)
         self.editor = ObjectEditor(self, self.clicks, self.bridge, self.preview, self.plane)
         self.stacks = StackNavigator(self.editor, self.plane, self._quietly)
+        self.live = LivePrediction(self, self.bridge, self.clicks, self.editor, self.preview)
         actions: dict[str, Callable[[], Any]] = {
             "finish": self.finish_object,
             "propagate": self.propagate,
@@ -106,7 +110,7 @@ class RitmWidget(ControlPanel):
         self.image.changed.connect(self._on_image_changed)
         self.channels_first.changed.connect(self._on_image_changed)
         self.labels.changed.connect(self._on_labels_changed)
-        self.threshold.changed.connect(self._redraw)
+        self.threshold.changed.connect(lambda _v=None: self.live.redraw())
         self.label_id.native.editingFinished.connect(lambda: focus_canvas(self.viewer))
         self._viewer_events = [
             (viewer.layers.events.inserted, self._on_layers_changed),
@@ -168,83 +172,20 @@ class RitmWidget(ControlPanel):
         """Predict the displayed plane's object (latest wins); returns the job ticket or None."""
         if self._quiet or self._torn_down:
             return None
-        try:
-            plane = self.plane()
-            clicks = self.clicks.clicks_on(plane)
-            prior = self.editor.priors.get(plane.key)
-            if not clicks and prior is None:
-                self.preview.clear()
-                return None
-            if not self.model.value:
-                self.warn("no model chosen; pick one in 'model' or choose a checkpoint file")
-                return None
-            request = self.bridge.build_request(
-                plane, clicks, *((prior.mask, prior.serial) if prior else (None, None))
-            )
-        except RitmError as exc:
-            self.preview.clear()
-            if self.image.value is not None and self.clicks.has_any():
-                self.warn(str(exc))
-            return None
-        if self.bridge.matches(request):
-            self._redraw()
-            return None
-        return self.bridge.predict(request)
+        return self.live.request()
 
     def load_model(self, _event: Any = None) -> int | None:
         """Load (download if needed) the chosen model in the background."""
-        if not self.model.value:
-            self.warn("no model chosen; pick one in 'model' or choose a checkpoint file")
-            return None
-        self.set_status(f"loading {self.model.value}…")
-        return self.bridge.load_model()
+        return self.live.load_model()
 
     def wait_idle(self) -> bool:
         """True when no prediction runs or waits (for tests and scripts)."""
         return not self.bridge.busy
 
-    def _on_result(self, result: Result) -> None:
-        if result.error is not None:
-            self.warn(str(result.error))
-            return
-        if result.roi is None:
-            self.set_status(f"model {result.request.model} loaded")
-            return
-        if result.precision or result.device:
-            self.runtime.value = f"running on {result.device or '?'} in {result.precision or '?'}"
-        seconds = result.timings.get("predict", 0.0)
-        self.set_status(f"{len(result.request.clicks)} click(s), {seconds:.2f} s")
-        self._redraw()
-
-    def _held_for_display(self) -> Result | None:
-        """The held result when it belongs to the displayed plane and its current clicks."""
-        result = self.bridge.result
-        if result is None:
-            return None
-        try:
-            plane = self.plane()
-            if result.request.tag != plane:
-                return None
-            prior = self.editor.priors.get(plane.key)
-            request = self.bridge.build_request(
-                plane,
-                self.clicks.clicks_on(plane),
-                *((prior.mask, prior.serial) if prior else (None, None)),
-            )
-        except RitmError:
-            return None
-        return result if self.bridge.matches(request) else None
-
-    def _redraw(self, _event: Any = None) -> None:
-        result = self._held_for_display()
-        if result is None or result.roi is None or result.crop is None:
-            return
-        self.preview.draw(result.request.tag, result.roi, result.crop, float(self.threshold.value))
-
     @property
     def probs(self) -> np.ndarray | None:
         """(h, w) float32 probabilities of the object on the displayed plane (image-sized)."""
-        result = self._held_for_display()
+        result = self.live.held_for_display()
         return None if result is None else result.probs
 
     @property
@@ -337,34 +278,15 @@ class RitmWidget(ControlPanel):
         self.request_prediction()
 
     def _on_labels_changed(self, _event: Any = None) -> None:
-        old, new = self._watched_labels, self.labels.value
-        if old is new:
-            return
-        if old is not None:
-            old.events.set_data.disconnect(self._on_labels_refreshed)
-            old.events.paint.disconnect(self._on_labels_painted)
-        if new is not None:
-            new.events.set_data.connect(self._on_labels_refreshed)
-            new.events.paint.connect(self._on_labels_painted)
-            self.editor.show_next_id(new)
-            self.preview.keep_above(new)
-        self._watched_labels = new
-
-    def _on_labels_refreshed(self, _event: Any = None) -> None:
-        labels = self._watched_labels
-        before = self.editor.ids.next_free(labels, self.bridge.generations.key(labels))
-        self.editor.ids.refreshed(labels)  # napari's undo/redo of a commit
-        if self.editor.ids.next_free(labels, self.bridge.generations.key(labels)) != before:
-            self.editor.show_next_id(labels)
-
-    def _on_labels_painted(self, event: Any) -> None:
-        self.editor.ids.painted(max_painted_value(event))
+        labels = self.labels.value
+        self.editor.watch_labels(labels)
+        self.preview.keep_above(labels)
 
     def _on_data_replaced(self, layer: Any) -> None:
         if layer is self.image.value:
             self.bridge.forget()
             self.request_prediction()
-        elif layer is self._watched_labels:
+        elif layer is self.editor.watched_labels:
             self.editor.show_next_id(layer)
 
     def _on_dims_changed(self, _event: Any = None) -> None:
@@ -377,7 +299,7 @@ class RitmWidget(ControlPanel):
         if plane is not None and plane == self._plane_seen:
             return  # e.g. a layer was added: same slice, nothing to redo
         self._plane_seen = plane
-        if self.request_prediction() is None and self._held_for_display() is None:
+        if self.request_prediction() is None and self.live.held_for_display() is None:
             self.preview.clear()
 
     # -- teardown --------------------------------------------------------------------------------
@@ -391,10 +313,7 @@ class RitmWidget(ControlPanel):
             self.viewer.mouse_drag_callbacks.remove(self.clicks.on_mouse_drag)
         for emitter, callback in self._viewer_events:
             emitter.disconnect(callback)
-        if self._watched_labels is not None:
-            self._watched_labels.events.set_data.disconnect(self._on_labels_refreshed)
-            self._watched_labels.events.paint.disconnect(self._on_labels_painted)
-            self._watched_labels = None
+        self.editor.watch_labels(None)
         self.bridge.close()  # the model is released when the running job (if any) has ended
         if _WIDGETS.get(self.viewer) is self:
             del _WIDGETS[self.viewer]
