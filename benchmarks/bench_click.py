@@ -7,9 +7,13 @@ sequence (made by the evaluation clicker on one nucleus) is replayed through:
   as it is (eager, NCHW, float32): the whole image is normalised once per image (the official
   ``to_tensor``), and per click the whole image is concatenated with the full previous mask, then
   ZoomIn crops it, flip TTA, network, inverse transforms, full-size probabilities.
-* ``fast``: ``ClickSession`` with its defaults (fast backend, window 1024), the default path.
-* ``bf16`` (CPU) / ``fp16`` (CUDA): the fast backend in reduced precision, opt-in because it
-  changes the outputs; measured by default so that speed and NoC can be compared.
+* ``fast``: ``ClickSession(preset="evaluation")`` in float32 (fast backend, window 1024): the
+  reference protocol on the fast path, exact; the speed-up column compares with it.
+* ``bf16`` (CPU) / ``fp16`` (CUDA): the evaluation preset in reduced precision.
+* ``interactive`` / ``interactive-bf16``: the interactive preset (zoom-in from the first click on
+  a window sized for the object) in float32 / bfloat16.
+* ``default``: ``ClickSession(model)`` as it is: the interactive preset with precision "auto"
+  (bfloat16 on CPUs with AMX/AVX512-BF16, float16 on CUDA, else float32).
 * other configurations (``--configs``): ``eager`` (ClickSession with backend="eager"),
   ``noflip`` (flip TTA off, changes outputs).
 
@@ -49,13 +53,26 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ("hrnet18s", "hrnet18", "hrnet32")
 DEFAULT_SIZES = (512, 1024, 4096, 8192)
 SMALL_ONLY = {"hrnet32": 1024}  # default largest size per variant (documented above)
-ALL_CONFIGS = ("baseline", "fast", "eager", "bf16", "fp16", "noflip")
+ALL_CONFIGS = (
+    "baseline",
+    "fast",
+    "eager",
+    "bf16",
+    "fp16",
+    "noflip",
+    "interactive",
+    "interactive-bf16",
+    "default",
+)
+REFERENCE_CONFIG = "fast"  # the speed-up column: the evaluation preset in float32
 CLICKER_BOX = 1024  # the clicker looks at this box around the object on larger images
 
 
 # -- synthetic data ----------------------------------------------------------------------------
-def synthetic_nuclei(size: int, seed: int = 0, cell: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """A (size, size) uint16 fluorescence-like image of nuclei and one object's target.
+def synthetic_nuclei(
+    size: int | tuple[int, int], seed: int = 0, cell: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (size, size) (or (h, w)) uint16 fluorescence-like image of nuclei and one object's target.
 
     One nucleus (radius 9-22 px, smooth dome, 1500-4000 counts) per ``cell`` x ``cell`` tile at
     a jittered position, on a ~300-count background with Gaussian noise.
@@ -65,27 +82,28 @@ def synthetic_nuclei(size: int, seed: int = 0, cell: int = 64) -> tuple[np.ndarr
         image centre, 0 elsewhere.
     """
     rng = np.random.default_rng(seed)
-    n = (size + cell - 1) // cell
+    height, size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    n = (max(height, size) + cell - 1) // cell
     radius = rng.uniform(9, 22, (n, n))
     margin = cell / 2 - radius - 1
     center_r = (np.arange(n)[:, None] + 0.5) * cell + rng.uniform(-1, 1, (n, n)) * margin
     center_c = (np.arange(n)[None, :] + 0.5) * cell + rng.uniform(-1, 1, (n, n)) * margin
     peak = rng.uniform(1500, 4000, (n, n))
-    image = np.empty((size, size), dtype=np.uint16)
+    image = np.empty((height, size), dtype=np.uint16)
     cols = np.arange(size)
     tc = cols // cell
-    for r0 in range(0, size, 512):  # row chunks keep temporaries small on 8192 x 8192
-        rows = np.arange(r0, min(r0 + 512, size))
+    for r0 in range(0, height, 512):  # row chunks keep temporaries small on 8192 x 8192
+        rows = np.arange(r0, min(r0 + 512, height))
         tr = rows // cell
         d2 = (rows[:, None] - center_r[tr][:, tc]) ** 2 + (cols[None] - center_c[tr][:, tc]) ** 2
         rad2 = radius[tr][:, tc] ** 2
         dome = np.sqrt(np.clip(1.0 - d2 / rad2, 0.0, None)) * peak[tr][:, tc]
         noise = rng.normal(300.0, 40.0, dome.shape)
         image[r0 : r0 + len(rows)] = np.clip(dome + noise, 0, 65535).astype(np.uint16)
-    gt = np.zeros((size, size), dtype=np.int8)
-    t = (size // 2) // cell
-    rr, cc = np.ogrid[:size, :size]
-    gt[(rr - center_r[t, t]) ** 2 + (cc - center_c[t, t]) ** 2 < radius[t, t] ** 2] = 1
+    gt = np.zeros((height, size), dtype=np.int8)
+    t, u = (height // 2) // cell, (size // 2) // cell
+    rr, cc = np.ogrid[:height, :size]
+    gt[(rr - center_r[t, u]) ** 2 + (cc - center_c[t, u]) ** 2 < radius[t, u] ** 2] = 1
     return image, gt
 
 
@@ -175,15 +193,21 @@ def _make_predictor(config: str, model: Any, device: str) -> Any:
 
     if config == "baseline":
         return ReferencePredictor(model)
-    options: dict[str, Any] = {"device": device}
+    if config == "default":
+        return ClickSession(model, device=device)  # interactive preset, precision "auto"
+    options: dict[str, Any] = {"device": device, "preset": "evaluation", "precision": "float32"}
     if config == "eager":
         options["backend"] = "eager"
     elif config == "bf16":
-        options["dtype"] = "bfloat16"
+        options["precision"] = "bfloat16"
     elif config == "fp16":
-        options["dtype"] = "float16"
+        options["precision"] = "float16"
     elif config == "noflip":
         options["flip"] = False
+    elif config == "interactive":
+        options["preset"] = "interactive"
+    elif config == "interactive-bf16":
+        options.update(preset="interactive", precision="bfloat16")
     elif config != "fast":
         raise SystemExit(f"unknown config {config!r}; choose from {ALL_CONFIGS}")
     return ClickSession(model, **options)
@@ -260,7 +284,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     device = job["device"]
     model, weights = _load_model(job["variant"], job.get("model"), device)
-    image, gt = synthetic_nuclei(job["size"], seed=job["seed"])
+    image, gt = synthetic_nuclei(_hw(job["size"]), seed=job["seed"])
     # from here on everything counts: the predictor (e.g. its model copy), every click
     memory = _PeakMemory(device)
     memory.start()
@@ -281,6 +305,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: job[k] for k in ("variant", "size", "config", "device", "threads")},
         "weights": weights,
+        "precision": getattr(predictor, "precision", "float32"),
         "clicks": clicks,
         "first_s": float(np.median(first)),
         "following_median_s": float(np.median(following)) if following else float("nan"),
@@ -363,35 +388,49 @@ def _ratio(value: float, base: float | None) -> str:
     return f"{base / value:.2f}x"
 
 
+def _hw(size: int | str) -> tuple[int, int]:
+    """(h, w) of a size given as 1024 or "700x1100"."""
+    if isinstance(size, int) or "x" not in str(size):
+        return int(size), int(size)
+    h, w = str(size).split("x")
+    return int(h), int(w)
+
+
+def _parse_size(text: str) -> int | str:
+    return int(text) if "x" not in text else text
+
+
 def format_tables(results: list[dict[str, Any]], noc: list[dict[str, Any]]) -> str:
     """The markdown latency/memory table and the accuracy table."""
     lines = [
-        "| variant | image | config | first click ms | following median ms | following p90 ms "
-        "| speed-up vs baseline (first / median) | peak MB above image |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | image | config | precision | first click ms | following median ms "
+        "| following p90 ms | speed-up vs fast (evaluation f32) (first / median) "
+        "| peak MB above image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     base = {
         (r["variant"], r["size"]): r
         for r in results
-        if r.get("config") == "baseline" and "error" not in r
+        if r.get("config") == REFERENCE_CONFIG and "error" not in r
     }
     for r in results:
-        name = f"{r['size']}x{r['size']}"
+        name = "x".join(map(str, _hw(r["size"])))
         if "error" in r:
-            lines.append(f"| {r['variant']} | {name} | {r['config']} | error: {r['error']} |||||")
+            lines.append(f"| {r['variant']} | {name} | {r['config']} | error: {r['error']} ||||||")
             continue
         b = base.get((r["variant"], r["size"]))
         speed = (
             "1.00x (reference)"
-            if r["config"] == "baseline"
+            if r["config"] == REFERENCE_CONFIG
             else f"{_ratio(r['first_s'], b and b['first_s'])} / "
             f"{_ratio(r['following_median_s'], b and b['following_median_s'])}"
         )
         peak = r["peak_bytes"]
         peak_mb = "n/a" if not np.isfinite(peak) else f"{peak / 2**20:.0f}"
         lines.append(
-            f"| {r['variant']} | {name} | {r['config']} | {_ms(r['first_s'])} | "
-            f"{_ms(r['following_median_s'])} | {_ms(r['following_p90_s'])} | {speed} | {peak_mb} |"
+            f"| {r['variant']} | {name} | {r['config']} | {r.get('precision', '')} | "
+            f"{_ms(r['first_s'])} | {_ms(r['following_median_s'])} | "
+            f"{_ms(r['following_p90_s'])} | {speed} | {peak_mb} |"
         )
     if noc:
         lines += [
@@ -429,8 +468,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--configs",
         default=None,
-        help=f"any of {','.join(ALL_CONFIGS)} (default: baseline,fast,bf16; fp16 instead of "
-        "bf16 on CUDA)",
+        help=f"any of {','.join(ALL_CONFIGS)} (default: baseline,fast,bf16,interactive,"
+        "interactive-bf16,default; fp16 instead of the bf16 ones on CUDA)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -469,7 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model_path = args.model or _default_model()
     if args.configs is None:
-        args.configs = "baseline,fast," + ("fp16" if device.startswith("cuda") else "bf16")
+        args.configs = "baseline,fast," + (
+            "fp16,interactive,default"
+            if device.startswith("cuda")
+            else "bf16,interactive,interactive-bf16,default"
+        )
         if args.quick:
             args.configs = "baseline,fast"
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -483,10 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     start = time.perf_counter()
     for variant in args.variants.split(","):
-        for size in (int(s) for s in args.sizes.split(",")):
-            if not args.all_sizes and size > SMALL_ONLY.get(variant, size):
+        for size in (_parse_size(s) for s in args.sizes.split(",")):
+            side = max(_hw(size))
+            if not args.all_sizes and side > SMALL_ONLY.get(variant, side):
                 continue
-            repeats = args.repeats or (3 if size <= 1024 and variant not in SMALL_ONLY else 1)
+            repeats = args.repeats or (3 if side <= 1024 and variant not in SMALL_ONLY else 1)
             job = {
                 "variant": variant,
                 "size": size,
@@ -503,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                 clicks = clicks or r.get("clicks")
                 results.append(r)
                 print(f"{variant} {size} {config}: {r.get('error') or 'ok'}", file=sys.stderr)
-            if "baseline" in configs and size <= args.baseline_max_size:
+            if "baseline" in configs and side <= args.baseline_max_size:
                 r = _run_job({**job, "config": "baseline", "clicks": clicks}, args.in_process)
                 results.insert(len(results) - len(timed), r)
                 print(f"{variant} {size} baseline: {r.get('error') or 'ok'}", file=sys.stderr)

@@ -114,7 +114,8 @@ def _rec_clicks(data, k):
 def test_fast_session_matches_eager_session_teacher_forced(conformance_model, conformance_dir):
     data = load_npz(conformance_dir, "predictor_session")
     sessions = {
-        b: ClickSession(conformance_model, backend=b, device="cpu") for b in ("fast", "eager")
+        b: ClickSession(conformance_model, preset="evaluation", backend=b, device="cpu")
+        for b in ("fast", "eager")
     }
     for s in sessions.values():
         s.set_image(data["image"])
@@ -136,7 +137,10 @@ def test_fast_session_matches_eager_session_teacher_forced(conformance_model, co
 
 def test_fast_session_matches_eager_session(tiny_model):
     image = _uint16_image(160, 200, seed=2)
-    sessions = {b: ClickSession(tiny_model, backend=b, device="cpu") for b in ("fast", "eager")}
+    sessions = {
+        b: ClickSession(tiny_model, preset="evaluation", backend=b, device="cpu")
+        for b in ("fast", "eager")
+    }
     probs = {}
     for b, s in sessions.items():
         s.set_image(image)
@@ -159,7 +163,7 @@ def _uint16_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def test_window_prediction_is_the_crop_predicted_as_its_own_image(tiny_model):
     image = _uint16_image(700, 900)
-    session = ClickSession(tiny_model, window=256, device="cpu")
+    session = ClickSession(tiny_model, preset="evaluation", window=256, device="cpu")
     session.set_image(image)
     probs = session.add_click(300.0, 20.0, True)  # near the left edge: the window is clamped
     box = (172, 427, 0, 255)
@@ -171,7 +175,7 @@ def test_window_prediction_is_the_crop_predicted_as_its_own_image(tiny_model):
     assert crop_probs.max() > 0
     assert session._full_planes is None  # the whole image was never normalised
 
-    alone = ClickSession(tiny_model, window=256, device="cpu")
+    alone = ClickSession(tiny_model, preset="evaluation", window=256, device="cpu")
     alone.set_image(
         image[box[0] : box[1] + 1, box[2] : box[3] + 1], normalization=session.normalization
     )
@@ -181,7 +185,7 @@ def test_window_prediction_is_the_crop_predicted_as_its_own_image(tiny_model):
 
 def test_window_bounds_every_prediction_of_a_large_image(tiny_model):
     image = _uint16_image(800, 1000, seed=1)
-    session = ClickSession(tiny_model, window=256, device="cpu")
+    session = ClickSession(tiny_model, preset="evaluation", window=256, device="cpu")
     session.set_image(image)
     clicks = [(400, 500, True), (420, 480, True), (600, 900, True), (100, 100, False)]
     for row, col, positive in clicks:
@@ -202,7 +206,9 @@ def test_window_bounds_every_prediction_of_a_large_image(tiny_model):
 def test_window_off_or_image_fits_keeps_whole_image(tiny_model):
     image = _uint16_image(120, 150)
     for window in (None, 1024, 150):
-        session = ClickSession(tiny_model, window=window, zoom_in=False, device="cpu")
+        session = ClickSession(
+            tiny_model, preset="evaluation", window=window, zoom_in=False, device="cpu"
+        )
         session.set_image(image)
         session.add_click(60, 70, True)
         assert session.probs_roi[0] == (0, 119, 0, 149)

@@ -96,7 +96,9 @@ def test_build_points_layout():
     assert build_points([[]]).shape == (1, 2, 3)  # N = max(#pos, #neg, 1)
 
 
-def test_first_click_and_zoom_in_crop(session, model):
+def test_first_click_and_zoom_in_crop(model):
+    session = ClickSession(model, preset="evaluation", device="cpu")  # the reference protocol
+    session.set_image(_image())
     probs = session.add_click(150, 200, True)
     assert probs.shape == (300, 400) and probs.dtype == np.float32
     assert model.last_input_hw == (300, 400)  # first click: no zoom (skip_clicks=1)

@@ -29,7 +29,9 @@ def session_data(conformance_dir):
 @pytest.fixture(scope="module")
 def session(conformance_model, session_data):
     # the reference evaluation settings: ZoomIn(target 400), flip, no max_size, threshold 0.49
-    s = ClickSession(conformance_model, zoom_in=True, flip=True, max_size=None, device="cpu")
+    s = ClickSession(
+        conformance_model, preset="evaluation", zoom_in=True, flip=True, max_size=None, device="cpu"
+    )
     s.set_image(session_data["image"])
     assert s.normalization.method == "u8"
     return s

@@ -91,10 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-zoom-in", action="store_true", help="disable the zoom-in test-time crop")
     ev.add_argument("--no-flip", action="store_true", help="disable horizontal-flip averaging")
     ev.add_argument(
+        "--preset",
+        choices=("evaluation", "interactive"),
+        default="evaluation",
+        help="evaluation: the reference protocol (default); interactive: the widget's fast path",
+    )
+    ev.add_argument(
         "--precision",
-        choices=("float32", "bfloat16", "float16"),
-        default="float32",
-        help="compute dtype: float32 (exact RITM), bfloat16 (CPU) or float16 (GPU) (float32)",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default=None,
+        help="compute dtype: float32 (exact RITM), bfloat16 (CPU), float16 (GPU) or auto "
+        "(fastest native); default: the preset's (evaluation float32, interactive auto)",
     )
     ev.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ev.set_defaults(func=_cmd_evaluate)
@@ -143,11 +150,14 @@ def _load_predictor(args: argparse.Namespace) -> tuple[Any, str]:
         zoom_in=not args.no_zoom_in,
         flip=not args.no_flip,
         device=args.device,
-        dtype=args.precision,
+        preset=args.preset,
+        precision=args.precision,
     )
     display = _model_display_name(args.model)
-    if args.precision != "float32":
-        display += f" ({args.precision})"
+    if session.preset != "evaluation":
+        display += f" ({session.preset}, {session.precision})"
+    elif session.precision != "float32":
+        display += f" ({session.precision})"
     return session, display
 
 

@@ -1,7 +1,11 @@
 """ClickSession: the one inference path (widget, CLI, evaluation, training checks, tests).
 
-A session holds one image and one object being segmented. Each click runs the RITM NoBRS
-predictor exactly as the reference does (ritm-reference §8.2):
+A session holds one image and one object being segmented. With ``preset="evaluation"`` each
+click runs the RITM NoBRS predictor exactly as the reference does (ritm-reference §8.2); the
+default ``preset="interactive"`` differs only where ZoomIn has no ROI (the first click): it zooms
+on a window sized for the clicked object (:mod:`~napari_ritm.inference.first_window`) instead of
+running the whole image, and it computes in the fastest native precision
+(:mod:`~napari_ritm.inference.presets`, :mod:`~napari_ritm.inference.precision`):
 
 1. the previous probability map is the 4th input channel, attached **before** cropping;
 2. forward transforms ZoomIn -> LimitLongestSide -> HorizontalFlip;
@@ -10,6 +14,8 @@ predictor exactly as the reference does (ritm-reference §8.2):
 4. flip logits averaged in logit space, sigmoid, inverse resizes in reverse order; outside the
    zoom ROI the probability is 0;
 5. that full-resolution map is the next previous mask; ``mask = probs > threshold`` (0.49).
+
+The prediction step itself lives in :mod:`~napari_ritm.inference.steps`.
 
 Performance notes (docs/performance.md): the network runs as a
 :class:`~napari_ritm.model.inference.FastISModel` (BatchNorm folded, channels-last, main head
@@ -28,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,94 +41,22 @@ import torch
 
 from napari_ritm.errors import ImageFormatError, RitmError
 from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.precision import resolve_precision, torch_dtype
 from napari_ritm.inference.preprocess import (
     Normalization,
-    normalize_planes,
     percentiles_from_metadata,
     resolve_normalization,
 )
-from napari_ritm.inference.presets import DEFAULT_THRESHOLD
-from napari_ritm.inference.transforms import (
-    HorizontalFlip,
-    LimitLongestSide,
-    Roi,
-    ZoomIn,
-    ZoomInState,
-    map_clicks,
-)
+from napari_ritm.inference.presets import DEFAULT_PRESET, DEFAULT_THRESHOLD, Preset, get_preset
+from napari_ritm.inference.steps import PredictionSteps, State, StepResult, build_points, readonly
+from napari_ritm.inference.transforms import HorizontalFlip, LimitLongestSide, Roi, ZoomIn
 
 __all__ = ["DEFAULT_THRESHOLD", "ClickSession", "StepResult", "build_points"]
 
 logger = logging.getLogger(__name__)
 
 
-def build_points(click_lists: Sequence[Sequence[Click]]) -> torch.Tensor:
-    """The network's ``points`` tensor for a batch of click lists (ritm-reference §2.1, §8.2).
-
-    Args:
-        click_lists: One click list per batch item, in network-input pixels (fractional allowed);
-            every list has the same clicks in the same time order.
-
-    Returns:
-        (B, 2N, 3) float32: per item N positive rows then N negative rows, each
-        ``(row, col, index)`` with index = the click's position in its list; unused rows are
-        (-1, -1, -1). N = max(#pos, #neg, 1) over the batch.
-    """
-    n = 1
-    for clicks in click_lists:
-        n_pos = sum(1 for c in clicks if c.positive)
-        n = max(n, n_pos, len(clicks) - n_pos)
-    pad = [(-1.0, -1.0, -1.0)]
-    rows = []
-    for clicks in click_lists:
-        pos = [(c.row, c.col, float(i)) for i, c in enumerate(clicks) if c.positive]
-        neg = [(c.row, c.col, float(i)) for i, c in enumerate(clicks) if not c.positive]
-        rows.append(pos + pad * (n - len(pos)) + neg + pad * (n - len(neg)))
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-@dataclass(frozen=True)
-class _State:
-    """One entry of the history: the object after some clicks, stored compactly.
-
-    ``region_probs`` are the probabilities inside ``region`` (inclusive box; None = the whole
-    image); the map is 0 elsewhere. ``region_probs`` None means all zeros.
-    """
-
-    click: Click | None
-    region: Roi | None
-    region_probs: np.ndarray | None
-    zoom_roi: Roi | None
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """Result of one prediction (:meth:`ClickSession.predict_step`).
-
-    Attributes:
-        probs: (H, W) float32 probabilities in [0, 1] of the full image (read-only).
-        region: Box (rmin, rmax, cmin, cmax), inclusive, outside which ``probs`` is 0; None
-            when the whole image was predicted.
-        zoom_roi: ZoomIn's stored ROI after this step (None: none stored / zoom off).
-        zoom_changed: True when ZoomIn (re)computed its ROI at this step.
-        net_input_hw: (h, w) of the tensor fed to the network.
-        points: (B, 2N, 3) float32 points fed to the network (B = 2 with flip).
-    """
-
-    probs: np.ndarray
-    region: Roi | None
-    zoom_roi: Roi | None
-    zoom_changed: bool
-    net_input_hw: tuple[int, int]
-    points: np.ndarray
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
-
-
-class ClickSession:
+class ClickSession(PredictionSteps):
     """Interactive click segmentation of one object in one image with a RITM model.
 
     Lifecycle: ``set_image`` (optionally with a prior mask to refine), then ``add_click`` /
@@ -137,9 +70,16 @@ class ClickSession:
     Args:
         model: An ``ISModel`` (``forward(image (B, 3|4, H, W), points (B, 2N, 3))`` returning
             ``{"instances": logits}``). It is put in eval mode and moved to ``device``.
+        preset: ``"interactive"`` (default): zoom-in from the first click on a window sized for
+            the clicked object (:mod:`~napari_ritm.inference.first_window`) and precision
+            ``"auto"``; ``"evaluation"``: the reference protocol (first click on the whole
+            image or ``window``, zoom-in from click 2, exact float32), used by
+            ``napari-ritm evaluate`` and the conformance tests. See
+            :mod:`~napari_ritm.inference.presets`; the arguments below override it.
         zoom_in: True for the reference ZoomIn (target 400, skip 1 click, ...), False for none,
             a :class:`~napari_ritm.inference.transforms.ZoomIn` instance, or a dict of ZoomIn
-            arguments.
+            arguments. With the interactive preset, whenever ZoomIn has no ROI (first click, or
+            an empty previous prediction) the first-click window replaces the whole image.
         flip: Horizontal-flip test-time augmentation (logits averaged).
         max_size: Longest side fed to the network after zoom (LimitLongestSide); None: no limit
             (the reference evaluation); the official demo uses 800.
@@ -158,15 +98,20 @@ class ClickSession:
             at most ``window`` per side around the latest click, so the cost of a click does
             not grow with the image. Images that fit the window (e.g. up to 1024 x 1024 with
             the default) keep the exact reference behaviour. None: always the whole image.
-        dtype: Compute precision of the fast backend: None/"float32" (exact), or opt-in
-            "bfloat16" (CPU; faster on CPUs with bf16 support, changes the logits visibly) or
-            "float16" (GPU).
+        dtype: Compute precision of the fast backend (alias of ``precision``, kept for
+            compatibility): a name or torch dtype.
+        precision: ``"auto"`` (bfloat16 on CPUs with native bf16 - AMX or AVX512-BF16 -,
+            float16 on CUDA/MPS, float32 elsewhere; :mod:`~napari_ritm.inference.precision`),
+            ``"float32"`` (exact), ``"bfloat16"`` (CPU) or ``"float16"`` (GPU). None: the
+            preset's (interactive "auto", evaluation "float32"). The eager backend and models
+            that are not an ``ISModel`` always run in float32 (``precision`` says so).
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         *,
+        preset: str | Preset = DEFAULT_PRESET,
         zoom_in: bool | ZoomIn | Mapping[str, Any] = True,
         flip: bool = True,
         max_size: int | None = None,
@@ -175,8 +120,14 @@ class ClickSession:
         backend: str = "fast",
         window: int | None = 1024,
         dtype: str | torch.dtype | None = None,
+        precision: str | None = None,
     ) -> None:
         from napari_ritm.model import select_device
+
+        self._preset = get_preset(preset)
+        if dtype is not None and precision is not None and dtype != precision:
+            raise RitmError(f"dtype={dtype!r} and precision={precision!r} disagree; give one")
+        requested = precision if precision is not None else dtype
 
         if isinstance(zoom_in, ZoomIn):
             self.zoom: ZoomIn | None = zoom_in
@@ -206,10 +157,14 @@ class ClickSession:
         # the normalization the model was trained with (default percentiles without metadata)
         self._trained_percentiles = percentiles_from_metadata(getattr(model, "metadata", None))
         self.backend = backend
-        self._net = self._build_net(backend, dtype)
+        self._precision = "float32"
+        self._net = self._build_net(backend, requested)
         logger.info(
-            "ClickSession on %s (zoom_in=%s, flip=%s, max_size=%s, backend=%s, window=%s)",
+            "ClickSession on %s (preset=%s, precision=%s, zoom_in=%s, flip=%s, max_size=%s, "
+            "backend=%s, window=%s)",
             self._device,
+            self._preset.name,
+            self._precision,
             self.zoom,
             bool(flip),
             max_size,
@@ -221,28 +176,20 @@ class ClickSession:
         self._hw: tuple[int, int] = (0, 0)
         self._full_planes: np.ndarray | None = None
         self._crop_cache: tuple[Roi, np.ndarray] | None = None
-        self._states: list[_State] = []
-        self._redo: list[_State] = []
+        self._states: list[State] = []
+        self._redo: list[State] = []
         self._probs_cache: np.ndarray | None = None
 
-    def _build_net(self, backend: str, dtype: str | torch.dtype | None) -> torch.nn.Module:
-        """The module that runs each prediction (see the ``backend`` argument)."""
+    def _build_net(self, backend: str, requested: str | torch.dtype | None) -> torch.nn.Module:
+        """The module that runs each prediction (see the ``backend`` argument); sets
+        ``self._precision`` to the precision it really runs in."""
         from napari_ritm.model import ISModel
         from napari_ritm.model.inference import FastISModel, tune_malloc
 
-        names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-        if dtype is None:
-            torch_dtype = torch.float32
-        elif isinstance(dtype, torch.dtype) and dtype in names.values():
-            torch_dtype = dtype
-        elif isinstance(dtype, str) and dtype in names:
-            torch_dtype = names[dtype]
-        else:
-            raise RitmError(f"dtype must be one of {sorted(names)} (or None), got {dtype!r}")
-        if torch_dtype == torch.float16 and self._device.type == "cpu":
-            raise RitmError("float16 is for GPUs; on a CPU use dtype='bfloat16' (or float32)")
+        explicit = requested is not None
+        name = resolve_precision(requested if explicit else self._preset.precision, self._device)
         if backend == "eager":
-            if torch_dtype != torch.float32:
+            if explicit and name != "float32" and requested != "auto":
                 raise RitmError("backend='eager' runs in float32; use backend='fast' for dtype")
             return self.model
         if backend != "fast":
@@ -253,32 +200,8 @@ class ClickSession:
             # any other nn.Module with the ISModel call signature runs as it is
             logger.debug("backend 'fast' needs an ISModel; running %s eagerly", type(self.model))
             return self.model
-        return FastISModel(self.model, dtype=torch_dtype)
-
-    def _window_box(self, click: Click) -> Roi | None:
-        """The ``window`` x ``window`` box around ``click`` (clamped to the image), or None when
-        the image fits the window."""
-        h, w = self._hw
-        if self.window is None or (h <= self.window and w <= self.window):
-            return None
-        sh, sw = min(self.window, h), min(self.window, w)
-        r0 = min(max(round(click.row) - sh // 2, 0), h - sh)
-        c0 = min(max(round(click.col) - sw // 2, 0), w - sw)
-        return r0, r0 + sh - 1, c0, c0 + sw - 1
-
-    def _cap_roi(self, roi: Roi, click: Click) -> Roi:
-        """Shrink a ZoomIn ROI of a large image to at most ``window`` per side, around the click
-        (kept inside the ROI); unchanged when it fits or the image fits the window."""
-        box = self._window_box(click)
-        if box is None:
-            return roi
-        out = list(roi)
-        for lo, center in ((0, click.row), (2, click.col)):
-            a, b = roi[lo], roi[lo + 1]
-            if b - a + 1 > self.window:
-                start = min(max(round(center) - self.window // 2, a), b - self.window + 1)
-                out[lo], out[lo + 1] = start, start + self.window - 1
-        return tuple(out)
+        self._precision = name
+        return FastISModel(self.model, dtype=torch_dtype(name))
 
     # -- image and prior -------------------------------------------------------------------------
     def set_image(
@@ -377,12 +300,12 @@ class ClickSession:
             if rows.size:
                 cols = np.flatnonzero(prior.any(axis=0))
                 region = (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
-                region_probs = _readonly(
+                region_probs = readonly(
                     np.ascontiguousarray(
                         prior[region[0] : region[1] + 1, region[2] : region[3] + 1]
                     )
                 )
-        self._states = [_State(None, region, region_probs, None)]
+        self._states = [State(None, region, region_probs, None)]
         self._redo = []
         self._probs_cache = None
 
@@ -396,6 +319,16 @@ class ClickSession:
     def device(self) -> torch.device:
         """The torch device the model runs on."""
         return self._device
+
+    @property
+    def precision(self) -> str:
+        """The precision the network really runs in: "float32", "bfloat16" or "float16"."""
+        return self._precision
+
+    @property
+    def preset(self) -> str:
+        """The preset's name: "interactive" or "evaluation"."""
+        return self._preset.name
 
     @property
     def trained_percentiles(self) -> tuple[float, float]:
@@ -570,7 +503,7 @@ class ClickSession:
         if not clicks:
             raise RitmError("predict_step needs at least one click")
         prev = None if prev_probs is None else self._check_prior(prev_probs, self._hw)
-        state = _State(None, None, prev, None if zoom_roi is None else tuple(map(int, zoom_roi)))
+        state = State(None, None, prev, None if zoom_roi is None else tuple(map(int, zoom_roi)))
         info: dict[str, Any] = {}
         new = self._step(clicks, state, clicks[-1], info)
         return StepResult(
@@ -602,124 +535,6 @@ class ClickSession:
             )
         return Click(row, col, bool(click.positive))
 
-    def _push(self, state: _State) -> None:
+    def _push(self, state: State) -> None:
         self._states.append(state)
         self._probs_cache = None
-
-    def _full_probs(self, state: _State) -> np.ndarray:
-        if state.region is None and state.region_probs is not None:
-            return state.region_probs  # already a full, read-only map
-        full = np.zeros(self._hw, dtype=np.float32)
-        if state.region_probs is not None:
-            r0, r1, c0, c1 = state.region
-            full[r0 : r1 + 1, c0 : c1 + 1] = state.region_probs
-        return _readonly(full)
-
-    def _prev_crop(self, state: _State, box: Roi) -> np.ndarray:
-        """The previous probabilities inside ``box`` (bounded by the box, not the image)."""
-        r0, r1, c0, c1 = box
-        if state.region_probs is None:
-            return np.zeros((r1 - r0 + 1, c1 - c0 + 1), dtype=np.float32)
-        if state.region is None:
-            return state.region_probs[r0 : r1 + 1, c0 : c1 + 1]
-        s0, s1, t0, t1 = state.region
-        if (s0, s1, t0, t1) == box:
-            return state.region_probs
-        out = np.zeros((r1 - r0 + 1, c1 - c0 + 1), dtype=np.float32)
-        a0, a1, b0, b1 = max(r0, s0), min(r1, s1), max(c0, t0), min(c1, t1)
-        if a0 <= a1 and b0 <= b1:
-            out[a0 - r0 : a1 - r0 + 1, b0 - c0 : b1 - c0 + 1] = state.region_probs[
-                a0 - s0 : a1 - s0 + 1, b0 - t0 : b1 - t0 + 1
-            ]
-        return out
-
-    def _planes(self, box: Roi) -> np.ndarray:
-        """(1 or 3, h, w) float32 normalised image planes of the box (gray is not replicated).
-
-        Only the box is normalised, unless the whole image is needed: then the whole image is
-        converted once and cached for every later click. The last crop is cached too (the zoom
-        ROI often stays the same between clicks).
-        """
-        h, w = self._hw
-        r0, r1, c0, c1 = box
-        if self._full_planes is None and box == (0, h - 1, 0, w - 1):
-            self._full_planes = normalize_planes(self._image, self._norm)
-        if self._full_planes is not None:
-            return self._full_planes[:, r0 : r1 + 1, c0 : c1 + 1]
-        if self._crop_cache is not None and self._crop_cache[0] == box:
-            return self._crop_cache[1]
-        crop = normalize_planes(self._image, self._norm, slice(r0, r1 + 1), slice(c0, c1 + 1))
-        self._crop_cache = (box, crop)
-        return crop
-
-    def _net_input(self, prev: _State, box: Roi) -> torch.Tensor:
-        """(1, 3 [+1], h, w) float32 network input of the box: RGB in [0, 1] (+ prev mask)."""
-        r0, r1, c0, c1 = box
-        n_ch = 4 if self._with_prev_mask else 3
-        # one allocation; gray planes broadcast to R, G, B
-        x = np.empty((1, n_ch, r1 - r0 + 1, c1 - c0 + 1), dtype=np.float32)
-        x[0, :3] = self._planes(box)
-        if self._with_prev_mask:
-            x[0, 3] = self._prev_crop(prev, box)
-        return torch.from_numpy(x).to(self._device)
-
-    def _step(
-        self,
-        clicks: Sequence[Click],
-        prev: _State,
-        click: Click | None,
-        info: dict[str, Any] | None = None,
-    ) -> _State:
-        """One reference prediction: returns the new state; ``self`` is not modified."""
-        h, w = self._hw
-        roi = None
-        zoom_changed = False
-        if self.zoom is not None:
-            self.zoom.set_state(ZoomInState(prev.zoom_roi, prev.region_probs, prev.region))
-            roi = self.zoom.update_roi(clicks, (h, w))
-            zoom_changed = self.zoom.image_changed
-            if roi is not None:
-                capped = self._cap_roi(roi, clicks[-1])
-                if capped != roi:
-                    self.zoom.roi = roi = capped
-        # large image, no zoom ROI: a window around the latest click replaces the whole image
-        window = self._window_box(clicks[-1]) if roi is None else None
-        if roi is not None:
-            box = roi
-        elif window is not None:
-            box = window
-        else:
-            box = (0, h - 1, 0, w - 1)
-        x = self._net_input(prev, box)
-        net_clicks = list(clicks)
-        if roi is not None:
-            x = self.zoom.crop(x, roi, already_cropped=True)
-            net_clicks = map_clicks(net_clicks, roi, tuple(x.shape[-2:]))
-        elif window is not None:
-            net_clicks = [replace(c, row=c.row - box[0], col=c.col - box[2]) for c in net_clicks]
-        if self.limit is not None:
-            x, net_clicks = self.limit.forward(x, net_clicks)
-        net_hw = (int(x.shape[-2]), int(x.shape[-1]))
-        if self.flip is not None:
-            x, click_lists = self.flip.forward(x, net_clicks)
-        else:
-            click_lists = [net_clicks]
-        points = build_points(click_lists)
-        with torch.inference_mode():
-            logits = self._net(x, points.to(self._device))["instances"]
-            if self.flip is not None:
-                logits = self.flip.inverse(logits)
-            probs = torch.sigmoid(logits)
-            if self.limit is not None:
-                probs = self.limit.inverse(probs)
-            region = None
-            if window is not None:
-                region = window  # 0 outside the window, like a ZoomIn ROI
-            elif self.zoom is not None:
-                region, probs = self.zoom.inverse_roi(probs)
-            out = probs[0, 0].to("cpu", torch.float32).numpy()
-        out = _readonly(np.ascontiguousarray(out))
-        if info is not None:
-            info.update(zoom_changed=zoom_changed, net_input_hw=net_hw, points=points.numpy())
-        zoom_roi = self.zoom.roi if self.zoom is not None else None
-        return _State(click, region, out, zoom_roi)
