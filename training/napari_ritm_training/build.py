@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +105,16 @@ class TrainingData:
         val_samples: fixed validation objects (empty: none, or validation is off).
         split: which files/stacks went to training and which to validation (``split.json``).
         summary: images, objects and object sizes per data set (``data.json``).
+        split_info: the split in numbers, for progress reports.
+        general_samples: held-out general objects that measure forgetting (``keep_general``).
     """
 
     batcher: TrainingBatcher
     val_samples: list[Any]
     split: dict[str, Any]
     summary: dict[str, Any]
+    split_info: Any = None
+    general_samples: list[Any] = field(default_factory=list)
 
 
 def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingData:
@@ -135,13 +139,7 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         for d in extra_val:
             val_images += d.images
             split["datasets"][f"val:{d.name}"] = {"train_groups": [], "val_groups": d.groups}
-    synthetic: InstanceDataset | None = None
-    if cfg.synthetic_fraction > 0:
-        from .synthetic import SyntheticConfig, make_synthetic_dataset
-
-        synthetic = make_synthetic_dataset(
-            cfg.synthetic_images, cfg.seed + 7919, SyntheticConfig(), percentiles=cfg.percentiles
-        )
+    synthetic, general_samples = _general_pool(cfg)
     augment = AugmentConfig(
         crop=tuple(cfg.crop),
         scale_mode=cfg.scale_mode,
@@ -156,7 +154,7 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         min_object_area=cfg.min_object_area,
         weights=cfg.data_weights,
         synthetic=synthetic,
-        synthetic_fraction=cfg.synthetic_fraction,
+        synthetic_fraction=cfg.keep_general or cfg.synthetic_fraction,
     )
     val_samples = (
         make_validation_samples(
@@ -194,7 +192,65 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
             "no validation objects (every data set has a single image/stack); "
             "best.pth follows the training loss"
         )
-    return TrainingData(batcher, val_samples, split, summary)
+    if synthetic is not None and cfg.keep_general > 0:
+        summary["keep_general"] = {"share": cfg.keep_general, "pool": synthetic.summary()}
+    from .report import SplitInfo
+
+    units = {entry.get("unit", "group") for entry in split["datasets"].values()}
+    info = SplitInfo(
+        train_images=sum(len(d.images) for d in train_sets),
+        train_objects=sum(im.n_objects for d in train_sets for im in d.images),
+        val_images=len(val_images),
+        val_objects=sum(im.n_objects for im in val_images),
+        val_evaluated=len(val_samples),
+        unit="slice" if units == {"slice"} else "image",
+        general_objects=len(general_samples),
+    )
+    log.info("split: %s", info.describe())
+    return TrainingData(batcher, val_samples, split, summary, info, general_samples)
+
+
+def _general_pool(cfg: TrainConfig) -> tuple[InstanceDataset | None, list[Any]]:
+    """The pool mixed into training (synthetic cells or general data) and its held-out objects.
+
+    ``synthetic_fraction`` mixes in synthetic cells; ``keep_general`` mixes in ``general_data``
+    (else synthetic cells) and also returns held-out general objects (images never trained on)
+    on which the forgetting is measured.
+    """
+    from .synthetic import SyntheticConfig, make_synthetic_dataset
+
+    if cfg.synthetic_fraction > 0:
+        pool = make_synthetic_dataset(
+            cfg.synthetic_images, cfg.seed + 7919, SyntheticConfig(), percentiles=cfg.percentiles
+        )
+        return pool, []
+    if cfg.keep_general <= 0:
+        return None, []
+    if cfg.general_data:
+        general = load_data(
+            cfg.general_data, min_area=cfg.min_instance_area, percentiles=cfg.percentiles
+        )
+        train_sets, held_out, _ = split_by_group(general, max(cfg.val_fraction, 0.2), cfg.seed)
+        images = [im for d in train_sets for im in d.images]
+        pool = InstanceDataset("general", images, source=", ".join(cfg.general_data))
+    else:
+        pool = make_synthetic_dataset(
+            cfg.synthetic_images, cfg.seed + 7919, SyntheticConfig(), percentiles=cfg.percentiles
+        )
+        # fresh images of another seed: never in the pool
+        held_out = make_synthetic_dataset(
+            4, cfg.seed + 104_729, SyntheticConfig(), percentiles=cfg.percentiles
+        ).images
+    samples = make_validation_samples(
+        held_out, max_objects=cfg.general_val_objects, crop=cfg.val_crop, seed=cfg.seed + 1
+    )
+    log.info(
+        "keep general: %.0f%% of crops from %s; forgetting measured on %d held-out objects",
+        100 * cfg.keep_general,
+        pool.source or pool.name,
+        len(samples),
+    )
+    return pool, samples
 
 
 def build_model(

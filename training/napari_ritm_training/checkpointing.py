@@ -33,9 +33,11 @@ __all__ = [
     "LAST_FILE",
     "RESUME_FILE",
     "checkpoint_metadata",
+    "find_resumable",
     "load_resume",
     "prepare_new_run",
     "restore",
+    "run_finished",
     "save_resume",
     "save_weights",
 ]
@@ -73,7 +75,8 @@ def load_resume(run_dir: Path, given: TrainConfig) -> tuple[TrainConfig, dict[st
     """The stored settings (with what may change on resume taken from ``given``) and state.
 
     Only the length (``epochs``; 0 keeps the stored count), the learning-rate ``milestones``
-    and the machine (``device``, ``threads``, ``amp``) may change; everything else is the run's.
+    (neither for a time-budgeted run: it keeps its plan and the time already used) and the
+    machine (``device``, ``threads``, ``amp``) may change; everything else is the run's.
 
     Raises:
         RitmError: there is no ``resume.pth`` in ``run_dir``.
@@ -90,9 +93,10 @@ def load_resume(run_dir: Path, given: TrainConfig) -> tuple[TrainConfig, dict[st
     except Exception as exc:  # corrupted or foreign file: torch raises many types
         raise CheckpointError(f"cannot read the resume state {state_path}: {exc}") from exc
     saved = TrainConfig.from_dict(state["config"])
-    saved.epochs = given.epochs or saved.epochs
-    if given.milestones is not None:
-        saved.milestones = list(given.milestones)
+    if state.get("plan") is None:  # a budgeted run keeps its plan (and its budget)
+        saved.epochs = given.epochs or saved.epochs
+        if given.milestones is not None:
+            saved.milestones = list(given.milestones)
     saved.device, saved.threads, saved.amp = given.device, given.threads, given.amp
     saved.out, saved.resume = given.out, True
     if given.variant is not None and given.variant != saved.variant:
@@ -131,6 +135,8 @@ def save_resume(trainer: Trainer, epoch: int, iteration: int) -> Path:
         # Partial sums of an epoch stopped in the middle, so its log row covers all steps.
         "epoch_sums": dict(trainer.epoch_sums) if iteration else {},
         "epoch_seconds": trainer.epoch_seconds if iteration else 0.0,
+        "best_epoch": trainer.best_epoch,
+        "plan": trainer.plan.to_dict() if trainer.plan is not None else None,
     }
     # Weights + two Adam moments, about three times the weights.
     needed = 3 * sum(t.numel() * t.element_size() for t in state_dict.values())
@@ -171,8 +177,19 @@ def checkpoint_metadata(
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(),
             "world_size": trainer.world_size,
+            "before": _before(trainer),
+            "time_budget": trainer.plan.to_dict() if trainer.plan is not None else None,
         }
     )
+
+
+def _before(trainer: Trainer) -> dict[str, Any] | None:
+    """Validation scores of the starting weights (the epoch-0 row), if they were measured."""
+    from .report import scores_of_row
+
+    start = next((r for r in trainer.history if r.get("epoch") == 0), None)
+    scores = scores_of_row(start) if start else None
+    return scores.as_rows() | {"n_objects": scores.n_objects} if scores else None
 
 
 def save_weights(
@@ -231,6 +248,18 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     trainer.best_metrics = state.get("best_metrics")
     trainer.epoch_sums = dict(state.get("epoch_sums", {}))
     trainer.epoch_seconds = float(state.get("epoch_seconds", 0.0))
+    trainer.best_epoch = state.get("best_epoch")
+    if state.get("plan") is not None:
+        from . import budgeted
+        from .budget import BudgetPlan
+
+        trainer.plan = BudgetPlan.from_dict(state["plan"])
+        trainer.time_offset = trainer.plan.used_s  # the budget counts earlier sessions
+        trainer.step_seconds = trainer.plan.seconds_per_step
+        drop = trainer.plan.drop_step
+        steps = int(state["epoch"]) * cfg.iters_per_epoch + int(state["iteration"])
+        if drop is not None and steps >= drop:
+            budgeted.apply_drop(trainer)
     # The run's own command stays the one that started it; resumes are listed apart.
     trainer.command = state.get("command") or _recorded_command(trainer.run_dir)
     trainer.resumed_with = list(state.get("resumed_with", []))
@@ -242,3 +271,31 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
         trainer.start_epoch + 1,
         trainer.start_iter,
     )
+
+
+def run_finished(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` has ended (its plan or its epochs done, or the budget)."""
+    import json
+
+    try:
+        record = json.loads((run_dir / "config.json").read_text("utf-8"))
+        rows = json.loads((run_dir / "log.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    plan = record.get("plan")
+    if plan:
+        return bool(plan.get("ended_by_budget")) or plan["steps_done"] >= plan["total_steps"]
+    return bool(rows) and int(rows[-1]["epoch"]) >= int(record["config"]["epochs"])
+
+
+def find_resumable(base: Path) -> Path | None:
+    """The newest run folder directly under ``base`` that has a ``resume.pth`` and has not ended.
+
+    Used to offer "resume" after napari was closed during a run.
+    """
+    try:
+        folders = [p for p in Path(base).iterdir() if (p / RESUME_FILE).is_file()]
+    except OSError:
+        return None
+    folders.sort(key=lambda p: (p / RESUME_FILE).stat().st_mtime, reverse=True)
+    return next((p for p in folders if not run_finished(p)), None)

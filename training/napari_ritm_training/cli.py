@@ -7,6 +7,8 @@ on stderr and exit with status 2; Ctrl+C saves a resumable state and exits with 
 Examples::
 
     napari-ritm-finetune --data my_cells/ --out runs/cells --from hrnet18s --epochs 10
+    napari-ritm-finetune --data my_cells/ --out runs/c15 --from default --time-budget 15m \
+        --register my-cells
     napari-ritm-finetune --data a/ b/ --out runs/scratch --variant hrnet18s --synthetic-fraction 0.3
     napari-ritm-finetune --out runs/cells --resume --epochs 20      # continue / extend
     torchrun --nproc_per_node 2 -m napari_ritm_training.cli --data a/ --out runs/ddp
@@ -82,8 +84,18 @@ _HELP = {
     "support, else float32 (the log says which ran)",
     "checkpoint_every": "also save the resume state every N steps (0 = each epoch)",
     "keep_epoch_checkpoints": "keep epoch_NNN.pth every N epochs (0 = no)",
+    "time_budget_s": "train for this long in all, e.g. 90s, 15m, 1h (setup and validations "
+    "included): the epochs, steps and lr drop (at 85%%) are planned from measured step and "
+    "validation times, replacing --epochs/--iters-per-epoch/--milestones",
+    "keep_general": "keep general: share of crops from --general-data (else synthetic cells), "
+    "with the forgetting measured on held-out general objects",
+    "general_data": "folders of general data for --keep-general (e.g. the default model's)",
+    "general_val_objects": "held-out general objects validated with --keep-general",
+    "register": "after the run, import the best model under this name (napari-ritm weights "
+    "list, the plugin's model list)",
+    "register_overwrite": "replace imported weights of the --register name",
 }
-_FLAG_NAMES = {"from_weights": "--from"}
+_FLAG_NAMES = {"from_weights": "--from", "time_budget_s": "--time-budget"}
 _CHOICES = {
     "variant": ["hrnet18s", "hrnet18", "hrnet32"],
     "best_metric": ["noc85", "noc90", "miou"],
@@ -107,6 +119,18 @@ def _base_type(annotation: Any) -> tuple[type, bool, int | None]:
     return annotation, False, None
 
 
+def _duration(text: str) -> float:
+    """argparse type of ``--time-budget``: "15m", "90s", "1h" -> seconds."""
+    from napari_ritm.errors import RitmError
+
+    from .budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except RitmError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every TrainConfig field is an option."""
     parser = argparse.ArgumentParser(
@@ -125,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
             kwargs["default"] = default
         else:
-            kwargs["type"] = kind
+            kwargs["type"] = _duration if f.name == "time_budget_s" else kind
             kwargs["default"] = default
             if is_list:
                 kwargs["nargs"] = length or ("+" if f.name == "data" else "*")

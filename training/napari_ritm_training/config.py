@@ -32,6 +32,8 @@ def describe_schedule(config: TrainConfig) -> str:
     base = f"lr {config.lr:g}"
     if config.backbone_lr_mult not in (None, 1.0):
         base += f" (backbone x{config.backbone_lr_mult:g})"
+    if config.time_budget_s:
+        return f"{base}, x{config.lr_gamma:g} at 85% of the steps the time budget allows"
     drops = [m for m in (config.milestones or []) if m < config.epochs]
     if not drops:
         return f"{base}, constant for {config.epochs} epoch(s) (no milestone before the last)"
@@ -96,6 +98,19 @@ class TrainConfig:
             natively, float32 elsewhere (the run records which one ran).
         checkpoint_every: also save ``resume.pth`` every this many steps (0 = each epoch only).
         keep_epoch_checkpoints: also keep ``epoch_NNN.pth`` every this many epochs (0 = no).
+        time_budget_s: train for this long in all (seconds; setup, validations and saving
+            included); the epochs, steps and learning-rate drop are then planned from measured
+            times (:mod:`napari_ritm_training.budget`) and ``epochs``/``iters_per_epoch``/
+            ``milestones`` are replaced by the plan. None = use ``epochs``.
+        keep_general: "keep general": share of training crops drawn from general data
+            (``general_data``, else synthetic cells) so the model does not forget it; the
+            forgetting is measured on held-out general objects beside the gain.
+        general_data: folders of general data for ``keep_general`` (e.g. the default model's).
+        general_val_objects: held-out general objects validated (``keep_general > 0``).
+        register: after the run, import the best model under this name
+            (:func:`napari_ritm.weights.import_weights`), so ``napari-ritm weights list`` and
+            the plugin list it. None = do not register.
+        register_overwrite: replace imported weights of the same name.
     """
 
     data: list[str] = field(default_factory=list)
@@ -141,6 +156,12 @@ class TrainConfig:
     amp: bool = True
     checkpoint_every: int = 0
     keep_epoch_checkpoints: int = 0
+    time_budget_s: float | None = None
+    keep_general: float = 0.0
+    general_data: list[str] = field(default_factory=list)
+    general_val_objects: int = 8
+    register: str | None = None
+    register_overwrite: bool = False
 
     def validate(self, *, has_arrays: bool = False) -> None:
         """Check values a user can get wrong; raises :class:`RitmError` with the fix.
@@ -163,6 +184,23 @@ class TrainConfig:
                 "no training data: pass --data FOLDER [FOLDER ...] (or --synthetic-fraction 1 "
                 "to train on generated cells only)"
             )
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise RitmError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        if not 0.0 <= self.keep_general < 1.0:
+            raise RitmError(f"keep_general must be in [0, 1), got {self.keep_general}")
+        if self.keep_general > 0 and self.synthetic_fraction > 0:
+            raise RitmError(
+                "use either --keep-general (general data or synthetic cells mixed in) or "
+                "--synthetic-fraction, not both"
+            )
+        if self.register is not None:
+            from napari_ritm.weights.registry import NAME_RE
+
+            if not NAME_RE.match(self.register):
+                raise RitmError(
+                    f"invalid --register name {self.register!r}: use 1-100 letters, digits, "
+                    "'.', '_' or '-', starting with a letter or digit"
+                )
         if self.lr <= 0:
             raise RitmError(f"lr must be positive, got {self.lr}")
         if self.best_metric not in ("noc85", "noc90", "miou"):

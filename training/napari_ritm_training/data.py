@@ -16,8 +16,9 @@ Every image is normalised once with :func:`napari_ritm.inference.preprocess.prep
 other dtypes by their 1st / 99.8th percentiles), exactly as the plugin does at inference; the
 numbers are kept with the image. Grey images are stored with one channel to save memory.
 
-The train/validation split is made **by group** (a source file, a stack or a layer), never by
-slice or object, so the same image or stack is never on both sides.
+The train/validation split is made **by group** (a source file, a stack or a layer), so the same
+image or stack is never on both sides; a data set that is one stack is split by slice. Objects of
+one slice are never on both sides.
 """
 
 from __future__ import annotations
@@ -337,14 +338,19 @@ def load_data(
 def split_by_group(
     datasets: Sequence[InstanceDataset], val_fraction: float, seed: int
 ) -> tuple[list[InstanceDataset], list[TrainImage], dict[str, Any]]:
-    """Split every dataset into train and validation by group (file / stack / layer).
+    """Split every dataset into train and validation by group (file / stack / layer) or slice.
 
     Per dataset with at least two groups, ``round(val_fraction * n_groups)`` groups (at least one
-    when ``val_fraction > 0``) go to validation, drawn with a seeded generator. A dataset with a
-    single group stays entirely in training.
+    when ``val_fraction > 0``) go to validation, drawn with a seeded generator. A dataset that is
+    a single stack with several annotated slices is split by slice instead: its last
+    ``round(val_fraction * n_slices)`` slices (at least one) are held back as one block, so
+    only the slices at the block's edge have a trained neighbour. A slice (a 2D image) is never
+    divided: all objects of one slice are on the same side. A dataset of a single 2D image stays
+    entirely in training.
 
     Returns:
-        (training datasets, validation images, a JSON-ready record of the split).
+        (training datasets, validation images, a JSON-ready record of the split; each dataset's
+        entry says its ``unit``: "group" or "slice").
     """
     rng = np.random.default_rng(seed)
     train_sets: list[InstanceDataset] = []
@@ -352,20 +358,35 @@ def split_by_group(
     record: dict[str, Any] = {"seed": seed, "val_fraction": val_fraction, "datasets": {}}
     for dset in datasets:
         groups = dset.groups
-        n_val = 0
+        unit = "group"
         if val_fraction > 0 and len(groups) >= 2:
             n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
-        val_groups = set(rng.choice(groups, size=n_val, replace=False).tolist()) if n_val else set()
-        train = [im for im in dset.images if im.group not in val_groups]
-        val = [im for im in dset.images if im.group in val_groups]
+            val_groups = set(rng.choice(groups, size=n_val, replace=False).tolist())
+            held = [im.group in val_groups for im in dset.images]
+        elif val_fraction > 0 and len(dset.images) >= 2:  # one stack: hold back its last slices
+            unit = "slice"
+            n_val = min(len(dset.images) - 1, max(1, round(val_fraction * len(dset.images))))
+            held = [i >= len(dset.images) - n_val for i in range(len(dset.images))]
+        else:
+            held = [False] * len(dset.images)
+        train = [im for im, h in zip(dset.images, held, strict=True) if not h]
+        val = [im for im, h in zip(dset.images, held, strict=True) if h]
         train_sets.append(InstanceDataset(dset.name, train, dset.source))
         val_images += val
-        record["datasets"][dset.name] = {
-            "train_groups": [g for g in groups if g not in val_groups],
-            "val_groups": [g for g in groups if g in val_groups],
-        }
-        if val_fraction > 0 and not val_groups:
-            log.warning("%s has a single image/stack: all of it is used for training", dset.name)
+        if unit == "slice":
+            entry = {
+                "train_groups": [im.name for im in train],
+                "val_groups": [im.name for im in val],
+            }
+        else:
+            val_set = {im.group for im in val}
+            entry = {
+                "train_groups": [g for g in groups if g not in val_set],
+                "val_groups": [g for g in groups if g in val_set],
+            }
+        record["datasets"][dset.name] = {**entry, "unit": unit}
+        if val_fraction > 0 and not val:
+            log.warning("%s has a single image: all of it is used for training", dset.name)
     return train_sets, val_images, record
 
 

@@ -83,6 +83,7 @@ def write_run_files(trainer: Trainer) -> None:
             "precision": trainer.precision,
             "init": trainer.init_source,
             "world_size": trainer.world_size,
+            "plan": trainer.plan.to_dict() if trainer.plan is not None else None,
         },
     )
     write_json(run_dir / "split.json", trainer.data.split)
@@ -126,6 +127,7 @@ def epoch_row(
     steps: int,
     val_max_clicks: int,
     metrics: dict[str, Any] | None,
+    step: int | None = None,
 ) -> dict[str, Any]:
     """One ``log.csv`` row: training loss parts and timing, validation NoC/mIoU@k (or None).
 
@@ -134,12 +136,16 @@ def epoch_row(
         means: mean loss parts over the epoch's steps ("loss", "nfl", "bce_aux", "clicks").
         seconds: training time of the epoch (without validation).
         steps: steps run in the epoch.
-        metrics: the validation summary (:meth:`Report.summary` + "seconds"), None if none ran.
+        metrics: the validation summary (:meth:`Report.summary` + "seconds"), None if none ran;
+            its "general" entry (forgetting, ``keep_general``) gives ``general_*`` columns.
+        step: optimiser steps done (default ``epoch * iters_per_epoch``; a budgeted run's last
+            epoch may be shorter).
     """
+    step = epoch * iters_per_epoch if step is None else int(step)
     row: dict[str, Any] = {
         "epoch": epoch,
-        "step": epoch * iters_per_epoch,
-        "samples": epoch * iters_per_epoch * batch_size,
+        "step": step,
+        "samples": step * batch_size,
         "lr": lr,
         "loss": means.get("loss"),
         "nfl": means.get("nfl"),
@@ -167,6 +173,17 @@ def epoch_row(
         )
         for k, v in enumerate(metrics["miou_at_k"], start=1):
             row[f"val_miou@{k}"] = v
+        general = metrics.get("general")
+        if general is not None:
+            row.update(
+                {
+                    "general_noc85": general["noc85"],
+                    "general_noc90": general["noc90"],
+                    "general_n": general["n_samples"],
+                }
+            )
+            for k, v in enumerate(general["miou_at_k"], start=1):
+                row[f"general_miou@{k}"] = v
     return to_jsonable(row)
 
 

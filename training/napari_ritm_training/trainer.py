@@ -43,10 +43,12 @@ import torch
 from napari_ritm.errors import RitmError
 from napari_ritm.progress import ProgressCallback
 
-from . import build, checkpointing, reporting, validation
+from . import budgeted, build, checkpointing, epochs, reporting, validation
+from .budget import BudgetPlan
 from .config import TrainConfig, default_milestones, describe_schedule
 from .data import InstanceDataset
 from .losses import NormalizedFocalLoss, SigmoidBinaryCrossEntropy, total_loss
+from .report import TrainingReport, make_report
 from .sampler import next_points
 
 __all__ = ["TrainConfig", "Trainer", "TrainingInterrupted", "run_finetune"]
@@ -79,8 +81,10 @@ class Trainer:
         progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
         datasets: list[InstanceDataset] | None = None,
+        on_report: Callable[[TrainingReport], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_report = on_report
         self.extra_datasets = list(datasets or [])
         self.progress = progress
         self.should_stop = should_stop
@@ -105,6 +109,26 @@ class Trainer:
         self._initialised_pg = False
         self._done = 0
         self._total = 0
+        self.best_epoch: int | None = None
+        self.plan: BudgetPlan | None = None  # the time budget's plan (budgeted runs)
+        self.run_start = time.perf_counter()
+        self.time_offset = 0.0  # time used by earlier sessions of a resumed run
+        self.step_seconds = math.nan  # running estimate of one step's time
+        self._recent_losses: list[tuple[int, float]] = []
+
+    @property
+    def steps_done(self) -> int:
+        """Optimiser steps done (all sessions)."""
+        return self._done
+
+    @steps_done.setter
+    def steps_done(self, value: int) -> None:
+        self._done = int(value)
+
+    @property
+    def steps_total(self) -> int:
+        """Optimiser steps planned."""
+        return self._total
 
     @property
     def is_main(self) -> bool:
@@ -123,11 +147,16 @@ class Trainer:
             self.config, self._resume_state = checkpointing.load_resume(self.run_dir, cfg)
         elif self.is_main:
             checkpointing.prepare_new_run(self.run_dir)
-        self._barrier()
+        self.barrier()
         if self.is_main:
             self._log_handler = reporting.attach_log_file(self.run_dir)
         self.config.validate(has_arrays=bool(self.extra_datasets))
+        if self.config.register and self.is_main:
+            from .register import check_name
+
+            check_name(self.config.register, self.config.register_overwrite)
         self.data = build.build_data(self.config, self.extra_datasets)
+        self.emit_report("split")
         self._setup_model()
         build.set_train_mode(self.model, self.config.freeze_backbone)
         if self.is_main:
@@ -164,6 +193,8 @@ class Trainer:
     def _setup_model(self) -> None:
         cfg = self.config
         model, self.init_source = build.build_model(cfg, self._resume_state, self.run_dir)
+        if cfg.time_budget_s:
+            cfg.milestones = []  # the budget plan drops the rate at a step instead
         if cfg.milestones is None:
             cfg.milestones = default_milestones(cfg.epochs)
         model.to(self.device)
@@ -256,6 +287,11 @@ class Trainer:
         summary = validation.validate(
             self.model, self.data.val_samples, self.config, self.device, epoch, report
         )
+        if self.data.general_samples:  # forgetting: the same loop on general objects
+            summary["general"] = validation.validate(
+                self.model, self.data.general_samples, self.config, self.device, epoch
+            )
+            summary["seconds"] += summary["general"]["seconds"]
         build.set_train_mode(self.model, self.config.freeze_backbone)
         return summary
 
@@ -280,7 +316,7 @@ class Trainer:
             previous_handler = signal.signal(signal.SIGINT, _on_sigint)
         try:
             self.setup()
-            return self._loop()
+            return self._finish(self._loop())
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
@@ -292,7 +328,7 @@ class Trainer:
 
                 dist.destroy_process_group()
 
-    def _barrier(self) -> None:
+    def barrier(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -310,16 +346,19 @@ class Trainer:
 
     def _loop(self) -> Path:
         cfg = self.config
+        if cfg.time_budget_s and self.plan is None:
+            budgeted.start(self)  # first validation + warm-up steps, then the plan
         ipe = cfg.iters_per_epoch
         self._total = cfg.epochs * ipe
         self._done = self.start_epoch * ipe + self.start_iter
         session_start = time.perf_counter()
         session_steps = 0
         epoch, it = self.start_epoch, self.start_iter
-        interrupted = False
+        interrupted = short = False
+        report_every = max(1, self._total // 100)
         try:
             if (epoch, it) == (0, 0) and not self.history and cfg.val_every > 0:
-                self._validate_start()
+                epochs.validate_start(self)
             for epoch in range(self.start_epoch, cfg.epochs):
                 resumed = epoch == self.start_epoch and self.start_iter > 0
                 sums: dict[str, float] = dict(self.epoch_sums) if resumed else {}
@@ -332,23 +371,31 @@ class Trainer:
                     if self._stop_requested():
                         stopped = True
                         break
+                    if self.plan is not None and not budgeted.step_fits(self, epoch):
+                        short = True  # the budget ends this epoch early; it is still validated
+                        break
+                    step_start = time.perf_counter()
                     parts = self.train_step(epoch * ipe + it)
                     it += 1
                     self._done += 1
                     session_steps += 1
+                    if self.plan is not None:
+                        budgeted.after_step(self, time.perf_counter() - step_start)
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
                     self.epoch_seconds = earlier + time.perf_counter() - epoch_start
-                    if self.progress is not None:
-                        per_step = (time.perf_counter() - session_start) / session_steps
-                        eta = per_step * (self._total - self._done)
-                        self.progress(
-                            self._done,
-                            self._total,
-                            reporting.step_message(
-                                epoch + 1, cfg.epochs, it, ipe, parts["loss"], per_step, eta
-                            ),
+                    self.note_loss(self._done, parts["loss"])
+                    per_step = (time.perf_counter() - session_start) / session_steps
+                    if self.plan is None:
+                        self.step_seconds = per_step
+                    self.progress_message(
+                        reporting.step_message(
+                            epoch + 1, cfg.epochs, it, ipe, parts["loss"], per_step,
+                            self._remaining(per_step),
                         )
+                    )  # fmt: skip
+                    if self._done % report_every == 0:
+                        self.emit_report("step")
                     if (
                         cfg.checkpoint_every
                         and self._done % cfg.checkpoint_every == 0
@@ -358,15 +405,17 @@ class Trainer:
                         checkpointing.save_resume(self, epoch, it)
                 if stopped:
                     break
-                self._end_epoch(epoch, sums, it, time.perf_counter() - epoch_start + earlier)
+                epochs.end_epoch(self, epoch, sums, it, time.perf_counter() - epoch_start + earlier)
                 it = 0
+                if short:
+                    break
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or self._stop_flag.is_set()
         if self.world_size > 1 and not interrupted:
-            self._sync_buffers()
-            self._barrier()
-        finished = self._done >= self._total
+            self.sync_buffers()
+            self.barrier()
+        finished = self._done >= self._total or short
         if self.is_main:
             if not finished:
                 pos_epoch, pos_it = (epoch, it) if it < ipe else (epoch + 1, 0)
@@ -383,7 +432,45 @@ class Trainer:
         best = self.run_dir / checkpointing.BEST_FILE
         return best if best.is_file() else self.run_dir / checkpointing.LAST_FILE
 
-    def _sync_buffers(self) -> None:
+    def _remaining(self, per_step: float) -> float:
+        """Estimated seconds left: the budget's rest, else steps left x seconds per step."""
+        if self.plan is not None:
+            return max(0.0, self.plan.budget_s - budgeted.elapsed(self))
+        return per_step * (self._total - self._done)
+
+    def note_loss(self, step: int, loss: float) -> None:
+        """Keep a step's loss for the reports' live curve (a bounded, thinned trace)."""
+        trace = self._recent_losses
+        trace.append((step, float(loss)))
+        if len(trace) > 400:  # keep every other point: the curve's shape, bounded memory
+            del trace[: len(trace) - 200 : 2]
+
+    def progress_message(self, message: str) -> None:
+        """Send ``message`` to the progress callback with the current step counts."""
+        if self.progress is not None:
+            self.progress(self._done, self._total, message)
+
+    def emit_report(self, stage: str, **extra: Any) -> None:
+        """Call ``on_report`` with the current :class:`TrainingReport` (rank 0 only)."""
+        if self.on_report is None or not self.is_main:
+            return
+        remaining = None
+        if self.plan is not None:
+            remaining = max(0.0, self.plan.budget_s - budgeted.elapsed(self))
+        elif math.isfinite(self.step_seconds):
+            remaining = self.step_seconds * (self._total - self._done)
+        self.on_report(
+            make_report(
+                self,
+                stage,
+                elapsed_s=budgeted.elapsed(self),
+                remaining_s=remaining,
+                recent_losses=list(self._recent_losses),
+                **extra,
+            )
+        )
+
+    def sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics (DDP only syncs them at forward)."""
         if self.world_size <= 1 or self.model is None:
             return
@@ -392,95 +479,19 @@ class Trainer:
         for buf in self.model.buffers():
             dist.broadcast(buf, src=0)
 
-    def _validate_start(self) -> None:
-        """Validate the starting weights: the epoch-0 row of the log (not a best.pth candidate)."""
-        if not self.data.val_samples:
-            return
-        metrics = self.validate(0)
-        self._barrier()
-        if not self.is_main or metrics is None:
-            return
-        cfg = self.config
-        row = reporting.epoch_row(
-            epoch=0,
-            iters_per_epoch=cfg.iters_per_epoch,
-            batch_size=cfg.batch_size,
-            lr=None,
-            means={},
-            seconds=0.0,
-            steps=0,
-            val_max_clicks=cfg.val_max_clicks,
-            metrics=metrics,
-        )
-        self.history.append(row)
-        reporting.write_logs(self.run_dir, self.history)
-        log.info(
-            "epoch 0 (start): val NoC@85 %.2f NoC@90 %.2f mIoU@1 %.3f",
-            metrics["noc85"],
-            metrics["noc90"],
-            metrics["miou_at_k"][0],
-        )
+    def _finish(self, checkpoint: Path) -> Path:
+        """After the loop: record the final plan, register the best model, the "end" report."""
+        registered = None
+        if self.is_main:
+            if self.plan is not None:
+                self.plan.used_s = budgeted.elapsed(self)
+                reporting.write_run_files(self)
+            if self.config.register:
+                from .register import register_model
 
-    def _end_epoch(self, epoch: int, sums: dict[str, float], steps: int, seconds: float) -> None:
-        cfg = self.config
-        epoch_lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
-        self.scheduler.step()
-        self._sync_buffers()
-        means = {k: v / max(steps, 1) for k, v in sums.items()}
-        # Average the training loss over ranks so the log describes the whole batch.
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            keys = sorted(means)
-            t = torch.tensor([means[k] for k in keys], device=self.device, dtype=torch.float64)
-            dist.all_reduce(t)
-            means = dict(zip(keys, (t / self.world_size).tolist(), strict=True))
-        metrics = None
-        if cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-            metrics = self.validate(epoch + 1)
-        self._barrier()
-        if not self.is_main:
-            return
-        row = reporting.epoch_row(
-            epoch=epoch + 1,
-            iters_per_epoch=cfg.iters_per_epoch,
-            batch_size=cfg.batch_size,
-            lr=epoch_lr,
-            means=means,
-            seconds=seconds,
-            steps=steps,
-            val_max_clicks=cfg.val_max_clicks,
-            metrics=metrics,
-        )
-        self.history.append(row)
-        key = validation.best_key(metrics, float(means.get("loss", math.inf)), cfg.best_metric)
-        improved = self.best_key is None or key < self.best_key
-        last_metrics = {"train_loss": means.get("loss"), "validation": metrics}
-        last, iteration = checkpointing.LAST_FILE, (epoch + 1) * cfg.iters_per_epoch
-        checkpointing.save_weights(self, last, epoch + 1, iteration, last_metrics)
-        if improved:
-            self.best_key = key
-            self.best_metrics = last_metrics
-            checkpointing.copy_last(self.run_dir, checkpointing.BEST_FILE)
-        if cfg.keep_epoch_checkpoints and (epoch + 1) % cfg.keep_epoch_checkpoints == 0:
-            checkpointing.copy_last(self.run_dir, f"epoch_{epoch + 1:03d}.pth")
-        reporting.write_logs(self.run_dir, self.history)
-        checkpointing.save_resume(self, epoch + 1, 0)
-        val_txt = (
-            f", val NoC@85 {metrics['noc85']:.2f} NoC@90 {metrics['noc90']:.2f} "
-            f"mIoU@1 {metrics['miou_at_k'][0]:.3f}"
-            if metrics
-            else ""
-        )
-        log.info(
-            "epoch %d/%d: loss %.4f, %.2f s/step%s%s",
-            epoch + 1,
-            cfg.epochs,
-            means.get("loss", math.nan),
-            seconds / max(steps, 1),
-            val_txt,
-            " (best)" if improved else "",
-        )
+                registered = register_model(self, checkpoint)
+        self.emit_report("end", checkpoint=str(checkpoint), registered=registered)
+        return checkpoint
 
 
 def run_finetune(
@@ -489,6 +500,7 @@ def run_finetune(
     should_stop: Callable[[], bool] | None = None,
     *,
     datasets: list[InstanceDataset] | None = None,
+    on_report: Callable[[TrainingReport], None] | None = None,
 ) -> Path:
     """Train or fine-tune a RITM model as configured; see the module docstring for the outputs.
 
@@ -501,6 +513,9 @@ def run_finetune(
         datasets: in-memory training data besides ``config.data``, e.g. napari layers made
             into datasets with :func:`napari_ritm_training.data.from_arrays` (pass them again
             when resuming such a run).
+        on_report: called with a :class:`~napari_ritm_training.report.TrainingReport` when
+            the split is known, after the first validation ("before"), every 1% of the steps,
+            after each epoch and at the end (scores before -> now, curves, time left).
 
     Returns:
         Path of the checkpoint to use: ``best.pth`` when one was written, else ``last.pth``.
@@ -509,4 +524,7 @@ def run_finetune(
         TrainingInterrupted: after Ctrl+C (a resumable state was saved first).
         RitmError: bad settings, data or checkpoints (e.g. another architecture), or a full disk.
     """
-    return Trainer(config, progress=progress, should_stop=should_stop, datasets=datasets).run()
+    trainer = Trainer(
+        config, progress=progress, should_stop=should_stop, datasets=datasets, on_report=on_report
+    )
+    return trainer.run()
