@@ -149,7 +149,7 @@ def make_image(spec: ImageSpec) -> np.ndarray:
         return rng.integers(lo, hi, size=shape, endpoint=True, dtype=dtype)
     if spec.content == "extreme":
         # finite values spanning (a quarter of) the range of the dtype; the full float64 range
-        # is test_extreme_float64_range_gives_no_nan (xfail: a known bug)
+        # is test_extreme_float_range_gives_no_nan
         big = float(np.finfo(dtype).max) / (1.0 if dtype == np.float32 else 4.0)
         image = rng.choice(np.array([-big, -1.0, 0.0, 1.0, big], dtype=dtype), size=shape)
     elif spec.content == "binary":
@@ -690,19 +690,12 @@ def test_unusable_images_are_refused(h, w, layout, dtype, poison) -> None:
 
 
 # -- specific cases --------------------------------------------------------------------------------
-NAN_BUG = (
-    "normalize_planes: for a float64 image whose finite values span more than float64's max "
-    "(e.g. -1.8e308 and 1.8e308), high - low overflows to inf, 1 / (high - low) is 0 and "
-    "(value - low) * 0 is inf * 0 = NaN: NaN network input, NaN probs, silent all-False mask"
-)
-
-
 @pytest.mark.parametrize(
     ("dtype", "scale"),
     [
         ("float32", 1.0),
         ("float64", 0.5),
-        pytest.param("float64", 1.0, marks=pytest.mark.xfail(strict=True, reason=NAN_BUG)),
+        ("float64", 1.0),  # high - low overflows float64: normalized by halves
     ],
 )
 def test_extreme_float_range_gives_no_nan(dtype, scale):

@@ -19,6 +19,7 @@ Gray images are replicated to three identical channels.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -273,10 +274,20 @@ def normalize_planes(
         out /= np.float32(255.0)
     elif n.high > n.low:
         # float32 is exact for 8/16-bit values; wider types keep float64 for the subtraction
-        wide = crop.dtype.itemsize > 4 or crop.dtype in (np.int32, np.uint32)
+        span = float(n.high) - float(n.low)
+        wide = (
+            crop.dtype.itemsize > 4
+            or crop.dtype in (np.int32, np.uint32)
+            or not span < float(np.finfo(np.float32).max)  # value - low could overflow float32
+        )
         out = np.array(crop, dtype=np.float64 if wide else np.float32, order="C")
-        out -= out.dtype.type(n.low)
-        out *= out.dtype.type(1.0 / (n.high - n.low))
+        if math.isfinite(span):
+            out -= out.dtype.type(n.low)
+            out *= out.dtype.type(1.0 / span)
+        else:  # limits near +-1.8e308: halving first is exact and keeps everything finite
+            out *= 0.5
+            out -= 0.5 * float(n.low)
+            out *= 1.0 / (0.5 * float(n.high) - 0.5 * float(n.low))
         np.clip(out, 0.0, 1.0, out=out)
         out = out.astype(np.float32, copy=False)
     else:
