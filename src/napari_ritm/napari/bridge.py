@@ -56,7 +56,10 @@ class PredictionBridge:
         self._progress_lock = threading.Lock()
         self._progress_state: tuple[int, int, str] | None = None
         self.engine.progress = self._progress_from_thread
-        self.runner = LatestRunner(self._deliver, self._busy_changed, progress_desc="RITM")
+        # No napari progress bar per job: its activity-dialog animation took the CPU from the
+        # model (clicks ~3x slower on 2 cores, benchmarks/bench_widget.py); the status line
+        # says "predicting…" and shows load progress instead.
+        self.runner = LatestRunner(self._deliver, self._busy_changed, progress_desc=None)
         self._timer = QTimer(controls.native)  # parented: deleted with the dock
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._show_progress)
