@@ -114,4 +114,3 @@ def warnings_seen(monkeypatch) -> list[str]:
     seen: list[str] = []
     monkeypatch.setattr("napari_ritm.napari.controls.show_warning", seen.append)
     return seen
-
