@@ -236,7 +236,7 @@ def test_disk_full_while_saving_is_a_clear_error(tmp_path, monkeypatch):
         scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, [1]), use_amp=False,
         config=TrainConfig(), history=[], best_key=None, best_metrics=None, init_source="x",
         world_size=1, epoch_sums={}, epoch_seconds=0.0, run_dir=tmp_path, command="",
-        resumed_with=[],
+        resumed_with=[], best_epoch=None, plan=None,
     )  # fmt: skip
     monkeypatch.setattr(checkpointing.torch, "save", full)
     with pytest.raises(RitmError) as info:

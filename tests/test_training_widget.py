@@ -40,6 +40,8 @@ def _tiny_run(widget, out, checkpoint, iters: int) -> None:
     """Settings of a run that costs little on two cores (one pair -> no validation split)."""
     widget.out.value = str(out)
     widget.start_file.value = str(checkpoint)
+    widget.budget.value = "epochs"
+    widget.register_name.value = ""
     widget.epochs.value, widget.iters.value, widget.batch_size.value = 1, iters, 2
     widget.crop.value = 64
     widget.device.value = "cpu"

@@ -1,10 +1,15 @@
 """FinetuneWidget: the "Fine-tune" dock widget (train a RITM model on painted Labels layers).
 
-Pick Image + Labels layer pairs (or a data folder), an output folder, where to start from and how
-long to train, then Start. The layer data is copied when the run starts, so painting during
-training does not change the training set. :func:`napari_ritm_training.run_finetune` runs in a
+Pick Image + Labels layer pairs (or a data folder), where to start from, a time budget (5 / 15 /
+60 minutes or custom; or epochs x steps) and a name, then Start. The layer data is copied when
+the run starts (and saved in the run folder, so the run can be resumed after napari was closed),
+so painting during training does not change the training set.
+:func:`napari_ritm_training.run_finetune` runs in a
 :class:`~napari_ritm.napari.training_job.TrainingJob` (a napari thread worker) with a napari
-progress bar; Stop, or closing the dock, makes it save a resumable state and ``last.pth``.
+progress bar; the :class:`~napari_ritm.napari.finetune_report.ReportPanel` shows the split, the
+scores before -> now and the curves. At the end the best model is registered under the name and
+selected in the RITM dock ("Revert to previous model" undoes that). Stop, or closing the dock,
+keeps the best model so far and saves a resumable state.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -22,6 +28,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     SpinBox,
 )
@@ -29,6 +36,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import notification_manager, show_error, show_info, show_warning
 
 from napari_ritm.errors import RitmError
+from napari_ritm.napari.finetune_report import ReportPanel
 from napari_ritm.napari.training_job import (
     DockLifecycle,
     LayerWatch,
@@ -44,19 +52,36 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCRATCH", "FinetuneWidget"]
+__all__ = ["BUDGETS", "SCRATCH", "FinetuneWidget"]
 
 SCRATCH = "scratch (random init)"
+#: (label, value) of the length choices: seconds, "custom" (a duration typed in) or "epochs".
+BUDGETS = [
+    ("5 min", "300"),
+    ("15 min", "900"),
+    ("60 min", "3600"),
+    ("custom", "custom"),
+    ("epochs x steps", "epochs"),
+]
+#: Held-back objects validated before and after each epoch (each costs up to 10 clicks).
+VAL_OBJECTS = 12
+#: The Image/Labels data a run trained on, saved in its folder so it can be resumed.
+LAYERS_FILE = "layers.npz"
 STOP_QUESTION = (
     "A fine-tuning run is in progress. Stop it? It saves last.pth and a resumable state "
     "(resume.pth) in its output folder after the current step."
 )
 
 
+def runs_dir() -> Path:
+    """Where the dock's runs go by default: ~/napari-ritm-runs."""
+    return Path.home() / "napari-ritm-runs"
+
+
 def _default_out_dir() -> Path:
-    """A new run folder under ~/napari-ritm-runs (runs need an empty one)."""
+    """A new run folder under :func:`runs_dir` (runs need an empty one)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = base = Path.home() / "napari-ritm-runs" / f"finetune-{stamp}"
+    path = base = runs_dir() / f"finetune-{stamp}"
     for n in range(2, 1000):
         if not path.exists():
             break
@@ -93,6 +118,9 @@ class FinetuneWidget(Container):
         checkpoint: path of the last finished run's checkpoint (None before).
         job: the running :class:`~napari_ritm.napari.training_job.TrainingJob` (None when idle).
         torn_down: the widget was closed or removed and no longer listens to the viewer.
+        report: the :class:`~napari_ritm.napari.finetune_report.ReportPanel` of the run.
+        previous_model: the RITM dock's model before the fine-tuned one was selected.
+        resumable: a stopped run under :func:`runs_dir` that "Resume" continues (or None).
     """
 
     def __init__(
@@ -125,6 +153,9 @@ class FinetuneWidget(Container):
             value=DEFAULT_MODEL if DEFAULT_MODEL in starts else SCRATCH,
         )
         self.start_file = FileEdit(label="or checkpoint", mode="r", filter="*.pth *.pt", value="")
+        self.budget = ComboBox(label="time budget", choices=BUDGETS, value="900")
+        self.budget_custom = LineEdit(label="custom budget", value="10m")
+        self.budget_custom.tooltip = "e.g. 90s, 10m, 1h30m (with 'custom')"
         self.epochs = SpinBox(label="epochs", value=5, min=1, max=10_000)
         self.iters = SpinBox(label="steps per epoch", value=100, min=1, max=1_000_000)
         # min 2: BatchNorm after the OCR head's pooling cannot train on a batch of one
@@ -134,20 +165,42 @@ class FinetuneWidget(Container):
             label="synthetic fraction", value=0.0, min=0.0, max=1.0, step=0.1
         )
         self.val_fraction = FloatSpinBox(
-            label="validation fraction", value=0.2, min=0.0, max=0.9, step=0.05
-        )
+            label="held back", value=0.2, min=0.0, max=0.9, step=0.05,
+            tooltip="share of the images (or, for one stack, of its slices) held back to "
+            "measure the model before and after; never part of one slice",
+        )  # fmt: skip
+        self.keep_general = FloatSpinBox(
+            label="keep general", value=0.0, min=0.0, max=0.9, step=0.1,
+            tooltip="share of training crops from synthetic cells, so the model keeps working "
+            "on other data; the forgetting is shown beside the gain",
+        )  # fmt: skip
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M")
+        self.register_name = LineEdit(label="name", value=f"finetuned-{stamp}")
+        self.register_name.tooltip = "the trained model is registered under this name"
         self.freeze = CheckBox(text="freeze backbone", value=False)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.start = PushButton(text="Start")
         self.stop = PushButton(text="Stop", enabled=False)
+        self.resume = PushButton(text="Resume", visible=False)
+        self.revert = PushButton(text="Revert to previous model", enabled=False)
         self.status = Label(value="idle")
         self.status.native.setWordWrap(True)
+        self.report = ReportPanel()
         self.extend([
             self.image_layer, self.labels_layer, self.add_pair, self.clear_pairs, self.pair_list,
-            self.folder, self.out, self.start_from, self.start_file, self.epochs, self.iters,
-            self.batch_size, self.crop, self.synthetic, self.val_fraction, self.freeze,
-            self.device, self.start, self.stop, self.status,
+            self.folder, self.out, self.start_from, self.start_file, self.budget,
+            self.budget_custom, self.epochs, self.iters, self.batch_size, self.crop,
+            self.synthetic, self.keep_general, self.val_fraction, self.freeze, self.device,
+            self.register_name, self.start, self.stop, self.resume, self.revert, self.status,
+            self.report,
         ])  # fmt: skip
+        self.previous_model: str | None = None
+        self.resumable: Path | None = None
+        self.budget.changed.connect(self._on_budget)
+        self._on_budget()
+        self.resume.changed.connect(self._on_resume)
+        self.revert.changed.connect(self.revert_model)
+        self.offer_resume()
 
         self.add_pair.changed.connect(self._on_add_pair)
         self.clear_pairs.changed.connect(self._on_clear_pairs)
@@ -185,6 +238,25 @@ class FinetuneWidget(Container):
         self.pair_list.value = "pairs: (the image/labels above)"
 
     # -- run -----------------------------------------------------------------------------------
+    def _on_budget(self, _value: Any = None) -> None:
+        by_epochs = self.budget.value == "epochs"
+        self.budget_custom.visible = self.budget.value == "custom"
+        self.epochs.visible = self.iters.visible = by_epochs
+
+    def time_budget_s(self) -> float | None:
+        """The chosen time budget in seconds; None for "epochs x steps".
+
+        Raises:
+            RitmError: the custom budget is not a duration.
+        """
+        from napari_ritm_training.budget import parse_duration
+
+        if self.budget.value == "epochs":
+            return None
+        if self.budget.value == "custom":
+            return parse_duration(str(self.budget_custom.value))
+        return float(self.budget.value)
+
     def make_config(self) -> Any:
         """The :class:`~napari_ritm_training.TrainConfig` for the current settings.
 
@@ -200,19 +272,24 @@ class FinetuneWidget(Container):
             start = start_file
         else:
             start = None if self.start_from.value == SCRATCH else self.start_from.value
+        name = str(self.register_name.value).strip()
         return TrainConfig(
             data=[folder] if folder else [],
             out=str(self.out.value),
             from_weights=start,
             epochs=int(self.epochs.value),
             iters_per_epoch=int(self.iters.value),
+            time_budget_s=self.time_budget_s(),
             batch_size=int(self.batch_size.value),
             crop=(int(self.crop.value), int(self.crop.value)),
             synthetic_fraction=float(self.synthetic.value),
+            keep_general=float(self.keep_general.value),
             val_fraction=float(self.val_fraction.value),
+            val_max_objects=VAL_OBJECTS,
             freeze_backbone=bool(self.freeze.value),
             device=str(self.device.value),
             threads=torch.get_num_threads(),
+            register=name or None,
         )
 
     def _on_start(self) -> None:
@@ -232,30 +309,93 @@ class FinetuneWidget(Container):
         except RitmError as exc:
             self._report_error(exc)
             return
+        self._launch(config, images, labels, names, save_layers=True)
+
+    def offer_resume(self) -> Path | None:
+        """Show "Resume" when a run under :func:`runs_dir` was stopped before its end."""
+        from napari_ritm_training.checkpointing import find_resumable
+
+        self.resumable = find_resumable(runs_dir())
+        self.resume.visible = self.resumable is not None
+        if self.resumable is not None:
+            self.resume.text = f"Resume {self.resumable.name}"
+        return self.resumable
+
+    def _on_resume(self) -> None:
+        if self.job is not None or self.resumable is None:
+            return
+        import torch
+        from napari_ritm_training import TrainConfig
+
+        run_dir = self.resumable
+        images: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        names: list[str] = []
+        if (run_dir / LAYERS_FILE).is_file():
+            with np.load(run_dir / LAYERS_FILE) as saved:
+                names = [str(n) for n in saved["names"]]
+                images = [saved[f"image{i}"] for i in range(len(names))]
+                labels = [saved[f"labels{i}"] for i in range(len(names))]
+        config = TrainConfig(
+            out=str(run_dir),
+            resume=True,
+            epochs=0,
+            device=str(self.device.value),
+            threads=torch.get_num_threads(),
+        )
+        self.resume.visible = False
+        self._launch(config, images, labels, names, save_layers=False)
+
+    def _launch(
+        self,
+        config: Any,
+        images: list[np.ndarray],
+        labels: list[np.ndarray],
+        names: list[str],
+        *,
+        save_layers: bool,
+    ) -> None:
+        """Run ``config`` in a :class:`TrainingJob` on the copied layers."""
 
         def train(
             progress: Callable[[int, int, str], None], should_stop: Callable[[], bool]
         ) -> Path:
             from napari_ritm_training import from_arrays, run_finetune
 
+            if save_layers and images:  # closing napari mid-run loses nothing: resume reads it
+                out = Path(config.out)
+                out.mkdir(parents=True, exist_ok=True)
+                arrays = {f"image{i}": a for i, a in enumerate(images)}
+                arrays |= {f"labels{i}": a for i, a in enumerate(labels)}
+                np.savez_compressed(out / LAYERS_FILE, names=np.array(names), **arrays)
             datasets = [from_arrays(images, labels, names)] if images else []
-            return run_finetune(config, progress, should_stop, datasets=datasets)
+            return run_finetune(
+                config, progress, should_stop, datasets=datasets, on_report=job.report
+            )
 
-        self.job = TrainingJob(
+        planned_later = config.time_budget_s or config.resume  # the trainer sends the total
+        job = TrainingJob(
             train,
-            total=config.epochs * config.iters_per_epoch,
+            total=1 if planned_later else config.epochs * config.iters_per_epoch,
             description="fine-tune",
             on_progress=lambda done, total, message: self._set_status(message),
             on_finished=self._on_finished,
+            on_report=self._on_report,
         )
+        self.job = job
+        self.report.clear()
         self.start.enabled, self.stop.enabled = False, True
         self._set_status("loading data...")
-        self.job.start()
+        job.start()
+
+    def _on_report(self, report: Any) -> None:
+        if not self.torn_down:
+            self.report.show_report(report)
 
     def _on_stop(self) -> None:
         if self.job is not None:
             self.job.request_stop()
-            self._set_status("stopping after this step...")
+            self._set_status("stopping after this step (the best model so far is kept)...")
 
     def _on_finished(self, job: TrainingJob) -> None:
         if self.job is job:
@@ -266,16 +406,65 @@ class FinetuneWidget(Container):
             self.checkpoint = Path(job.result)
             how = "stopped (resume.pth saved)" if job.stop_requested else "finished"
             logger.info("fine-tuning %s: %s", how, self.checkpoint)
-            self._set_status(f"done, {how}: {self.checkpoint}")
+            last = self.report.last_report
+            name = last.registered if last is not None and last.stage == "end" else None
+            selected = name is not None and not self.torn_down and self.select_model(name)
+            where = (
+                f"registered as '{name}'" + (", selected in the RITM dock" if selected else "")
+                if name
+                else str(self.checkpoint)
+            )
+            self._set_status(f"done, {how}: {where}")
             show_info(
-                f"Fine-tuning {how}. Checkpoint: {self.checkpoint} - load it in the RITM widget "
-                "with 'or checkpoint'."
+                f"Fine-tuning {how}. "
+                + (
+                    f"The model is registered as '{name}'."
+                    if name
+                    else f"Checkpoint: {self.checkpoint} - load it in the RITM widget with "
+                    "'or checkpoint'."
+                )
             )
         if not self.torn_down:
             self.start.enabled, self.stop.enabled = True, False
             if str(self.out.value) == self._auto_out:  # the next run needs an empty folder
                 self._auto_out = str(_default_out_dir())
                 self.out.value = self._auto_out
+
+    # -- the RITM dock's model -----------------------------------------------------------------
+    def select_model(self, name: str) -> bool:
+        """Select the registered model ``name`` in the docked RITM widget (if there is one).
+
+        Returns:
+            True when a RITM dock was found and now uses ``name``.
+        """
+        from napari_ritm.napari.controls import model_choices
+        from napari_ritm.napari.widget import widget_for
+
+        ritm = widget_for(self.viewer)
+        if ritm is None:
+            return False
+        if ritm.model.value != name:
+            self.previous_model = ritm.model.value
+        label = next((lab for lab, value in model_choices() if value == name), name)
+        if name not in list(ritm.model.choices):
+            ritm.model.set_choice(label, name)
+        ritm.model.value = name
+        ritm.load_model()
+        self.revert.enabled = self.previous_model is not None
+        return True
+
+    def revert_model(self, _value: Any = None) -> bool:
+        """Select the model the RITM dock used before the last fine-tuned one."""
+        from napari_ritm.napari.widget import widget_for
+
+        ritm = widget_for(self.viewer)
+        if ritm is None or self.previous_model is None:
+            return False
+        ritm.model.value = self.previous_model
+        ritm.load_model()
+        self.previous_model = None
+        self.revert.enabled = False
+        return True
 
     def _set_status(self, text: str) -> None:
         if not self.torn_down:  # after teardown the Qt label may already be deleted

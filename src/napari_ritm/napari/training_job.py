@@ -106,6 +106,7 @@ class _Bridge(QObject):
     """Carries progress from the worker thread to the main thread (queued connection)."""
 
     progressed = Signal(int, int, str)
+    reported = Signal(object)
 
 
 class TrainingJob:
@@ -123,6 +124,8 @@ class TrainingJob:
         description: progress bar label.
         on_progress: ``(done, total, message)`` on the main thread after each report.
         on_finished: called once on the main thread when the worker has finished.
+        on_report: called on the main thread with each object the work passes to
+            :meth:`report` (e.g. a ``TrainingReport``).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class TrainingJob:
         description: str,
         on_progress: ProgressFn,
         on_finished: Callable[[TrainingJob], None],
+        on_report: Callable[[Any], None] | None = None,
     ) -> None:
         self._train = train
         self._total = total
@@ -143,6 +147,8 @@ class TrainingJob:
         self._done = threading.Event()
         self._bridge = _Bridge()  # no parent: it must outlive the widget while the worker runs
         self._bridge.progressed.connect(self._relay_progress)
+        self._on_report = on_report
+        self._bridge.reported.connect(self._relay_report)
         self._pbar: Any = None
         self.worker: Any = None
         self.result: Path | None = None
@@ -180,6 +186,10 @@ class TrainingJob:
         """Ask the run to save a resumable state and return after the current step."""
         self._stop.set()
 
+    def report(self, value: Any) -> None:
+        """Hand ``value`` to ``on_report`` on the main thread (callable from the worker)."""
+        self._bridge.reported.emit(value)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the work has returned (True) or ``timeout`` seconds passed (False)."""
         return self._done.wait(timeout)
@@ -204,6 +214,10 @@ class TrainingJob:
         pbar.set_description(message.split(" (")[0])
         pbar.refresh()
         self._on_progress(done, total, message)
+
+    def _relay_report(self, value: Any) -> None:
+        if self._on_report is not None:
+            self._on_report(value)
 
     def _finish(self) -> None:
         pbar, self._pbar = self._pbar, None
