@@ -311,6 +311,9 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         "following_median_s": float(np.median(following)) if following else float("nan"),
         "following_p90_s": float(np.percentile(following, 90)) if following else float("nan"),
         "n_following": len(following),
+        # minima: the least disturbed click on a shared machine (the medians carry the load)
+        "first_min_s": float(np.min(first)),
+        "following_min_s": float(np.min(following)) if following else float("nan"),
         "peak_bytes": peak,
         "image_bytes": int(image.nbytes),
     }
