@@ -134,3 +134,14 @@ def test_interactive_zoom_off_keeps_whole_image_predictions():
     s.set_image(image)
     s.add_click(60, 60, True)
     assert model.sizes == [(200, 240)]
+
+
+def test_interactive_small_image_first_click_is_the_reference_one():
+    """An image that fits the start window runs whole, at its own scale (not magnified)."""
+    model = BrightModel()
+    image = _square_image(200, 300, (80, 120, 100, 150))
+    s = ClickSession(model, device="cpu")
+    s.set_image(image)
+    s.add_click(100, 120, True)
+    assert model.sizes == [(200, 300)]
+    assert s.probs_roi[0] == (0, 199, 0, 299)

@@ -18,7 +18,9 @@ first click locally and grows only when the object needs it:
    truncated sides, and step 2 runs again (now downscaled to 400 px), at most ``max_passes``
    passes in all.
 
-Every pass costs what a following click costs (the network input is ZoomIn's target), so the
+(The session runs an image that fits the start window whole, at its own scale, instead: that
+is the reference's first click and costs no more than one pass.) Every pass costs what a
+following click costs (the network input is ZoomIn's target), so the
 first click is bounded by ``max_passes`` following clicks whatever the image size, and objects
 up to ~300 px (nuclei, cells, organelles at usual magnifications) take one pass. The window is
 derived from the model's own prediction, so it needs no image-type-specific heuristics.

@@ -246,6 +246,16 @@ class PredictionSteps:
         """Interactive preset, ZoomIn without a ROI: zoom on a window sized for the object
         under the latest positive click (:mod:`~napari_ritm.inference.first_window`)."""
         seed_click = next((c for c in reversed(clicks) if c.positive), clicks[-1])
+        target = self.zoom.target_size
+        start = max(target) if isinstance(target, tuple) else int(target)
+        if max(self._hw) <= start:
+            # the whole image costs no more than a zoomed pass: run it at its own scale, as the
+            # reference's first click (a start window would magnify a small image instead)
+            self.zoom.roi = None
+            region, out, net_hw, points = self._predict(clicks, prev, None, None)
+            if info is not None:
+                info.update(zoom_changed=False, net_input_hw=net_hw, points=points.numpy())
+            return State(click, region, out, None)
         last: list[tuple[Roi | None, np.ndarray, tuple[int, int], torch.Tensor]] = []
 
         def predict(roi: Roi) -> np.ndarray:
@@ -257,9 +267,7 @@ class PredictionSteps:
             predict,
             (seed_click.row, seed_click.col),
             self._hw,
-            start_size=max(self.zoom.crop_hw((0, 0, 0, 0)))
-            if isinstance(self.zoom.target_size, tuple)
-            else int(self.zoom.target_size),
+            start_size=start,
             min_size=self.zoom.min_crop_size or 200,
             cap=lambda r: self._cap_roi(r, seed_click),
             prob_thresh=self.zoom.prob_thresh,
