@@ -168,6 +168,28 @@ def test_register_name_is_checked_before_training(tmp_path, monkeypatch):
         TrainConfig(data=["d"], register="no spaces").validate()
 
 
+def test_only_a_model_better_than_the_start_is_registered():
+    from napari_ritm_training.register import improves_on_start
+
+    def run(start: dict, best: dict, metric: str = "noc85") -> bool:
+        rows = [{"epoch": 0, **start}, {"epoch": 1, **best}]
+        config = TrainConfig(best_metric=metric)
+        return improves_on_start(types.SimpleNamespace(history=rows, best_epoch=1, config=config))
+
+    def row(noc85: float, miou1: float) -> dict:
+        return {"val_noc85": noc85, "val_noc90": noc85 + 1, "val_miou@1": miou1}
+
+    assert run(row(5.62, 0.64), row(3.0, 0.70))
+    assert not run(row(5.62, 0.64), row(6.38, 0.54))  # the first real 15-min run on 2 busy cores
+    assert run(row(5.0, 0.50), row(5.0, 0.60))  # same NoC: the higher mIoU wins
+    assert not run(row(5.0, 0.50), row(5.0, 0.50))
+    assert run(row(5.0, 0.50), row(6.0, 0.60), metric="miou")
+    # nothing validated at the start: nothing to compare with
+    no_start = types.SimpleNamespace(history=[{"epoch": 1, **row(5.0, 0.5)}], best_epoch=1,
+                                     config=TrainConfig())  # fmt: skip
+    assert improves_on_start(no_start)
+
+
 # ---------------------------------------------------------------------------------------------
 # budgeted runs
 
@@ -288,6 +310,8 @@ def test_tiny_budget_runs_the_warm_up_only_and_registers(
     from napari_ritm.weights import list_weights
 
     monkeypatch.setenv("NAPARI_RITM_CACHE", str(tmp_path / "cache"))
+    # four steps from random weights rarely beat the start; registering is tested here
+    monkeypatch.setattr("napari_ritm_training.register.improves_on_start", lambda trainer: True)
     out = tmp_path / "run"
     cfg = _config(
         data_dir, out, tiny_checkpoint, time_budget_s=1.0, register="tiny-cells",

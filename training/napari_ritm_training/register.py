@@ -22,7 +22,7 @@ from .report import scores_of_row
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["check_name", "register_model"]
+__all__ = ["check_name", "improves_on_start", "register_model"]
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ def check_name(name: str, overwrite: bool) -> None:
 def register_model(trainer: Trainer, checkpoint: Path) -> str | None:
     """Import the run's best model as ``trainer.config.register``; returns the name, or None.
 
-    Only a validated best model (``best.pth``) is registered: a run stopped before its first
-    validation has none, and nothing is registered (the log says so).
+    Only a validated best model (``best.pth``) that beats the starting weights on the held-back
+    objects is registered: a run stopped before its first validation has none, and a run that
+    did not improve keeps the starting model (the log says so in both cases).
     """
     from napari_ritm.weights import import_weights
 
@@ -66,11 +67,40 @@ def register_model(trainer: Trainer, checkpoint: Path) -> str | None:
     if checkpoint.name != checkpointing.BEST_FILE:
         log.warning("not registering '%s': no validated model yet (%s)", name, checkpoint.name)
         return None
+    if not improves_on_start(trainer):
+        log.warning(
+            "not registering '%s': the best epoch (%s) is not better than the starting model "
+            "on the held-back objects (%s); keep using the starting model",
+            name,
+            trainer.best_epoch,
+            cfg.best_metric,
+        )
+        return None
     path = import_weights(checkpoint, name, overwrite=cfg.register_overwrite)
     record = registration_record(trainer, name, path, checkpoint)
     reporting.write_json(trainer.run_dir / "registered.json", record)
     log.info("registered %s as '%s' (%s)", checkpoint, name, path)
     return name
+
+
+def improves_on_start(trainer: Trainer) -> bool:
+    """Whether the kept (best) epoch beats the starting weights by ``best_metric``.
+
+    True when there is nothing to compare with (no validation of the start).
+    """
+    from .validation import best_key
+
+    rows = {r.get("epoch"): r for r in trainer.history if r.get("val_noc85") is not None}
+    start, best = rows.get(0), rows.get(trainer.best_epoch)
+    if start is None or best is None:
+        return start is None
+
+    def key(row: dict[str, Any]) -> list[float]:
+        miou = [v for k, v in row.items() if k.startswith("val_miou@") and v is not None]
+        metrics = {"noc85": row["val_noc85"], "noc90": row["val_noc90"], "miou_at_k": miou}
+        return best_key(metrics, 0.0, trainer.config.best_metric)
+
+    return key(best) < key(start)
 
 
 def registration_record(

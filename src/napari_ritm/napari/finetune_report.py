@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from magicgui.widgets import Container, Label
-from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
 
 __all__ = ["ReportPanel", "format_remaining"]
 
@@ -56,9 +57,17 @@ class ReportPanel(Container):
         for label in (self.split_label, self.time_label, self.forgetting_label):
             label.native.setWordWrap(True)
         self.table = QTableWidget(len(METRICS), 3)
-        self.table.setHorizontalHeaderLabels(["before", "now", "kept (best)"])
+        self.table.setHorizontalHeaderLabels(["before", "now", "kept"])
         self.table.setVerticalHeaderLabels(list(METRICS))
-        self.table.setMinimumHeight(170)
+        self.table.horizontalHeaderItem(2).setToolTip("the best model so far: the one registered")
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        off = Qt.ScrollBarPolicy.ScrollBarAlwaysOff  # the table is sized to show every row
+        self.table.setHorizontalScrollBarPolicy(off)
+        self.table.setVerticalScrollBarPolicy(off)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        rows = self.table.verticalHeader().defaultSectionSize() * (len(METRICS) + 1)
+        self.table.setFixedHeight(rows + 6)
         self.extend([self.split_label, self.time_label, self.forgetting_label])
         self.native.layout().addWidget(self.table)
         self._canvas: Any = None
@@ -94,7 +103,8 @@ class ReportPanel(Container):
             self.split_label.value = "split: " + report.split.describe()
         step = f"step {report.step}/{report.total_steps}" if report.total_steps else ""
         remaining = format_remaining(report.remaining_s) if report.stage != "end" else ""
-        self.time_label.value = "  ".join(x for x in (report.stage, step, remaining) if x)
+        stage = "" if report.stage == "step" else report.stage
+        self.time_label.value = "  ".join(x for x in (stage, step, remaining) if x)
         self._fill_table(report)
         if report.general_before is not None and report.general_now is not None:
             b, n = report.general_before, report.general_now

@@ -196,6 +196,7 @@ class FinetuneWidget(Container):
         ])  # fmt: skip
         self.previous_model: str | None = None
         self.resumable: Path | None = None
+        self._wanted_name: str | None = None
         self.budget.changed.connect(self._on_budget)
         self._on_budget()
         self.resume.changed.connect(self._on_resume)
@@ -383,6 +384,7 @@ class FinetuneWidget(Container):
             on_report=self._on_report,
         )
         self.job = job
+        self._wanted_name = getattr(config, "register", None)
         self.report.clear()
         self.start.enabled, self.stop.enabled = False, True
         self._set_status("loading data...")
@@ -409,21 +411,24 @@ class FinetuneWidget(Container):
             last = self.report.last_report
             name = last.registered if last is not None and last.stage == "end" else None
             selected = name is not None and not self.torn_down and self.select_model(name)
-            where = (
-                f"registered as '{name}'" + (", selected in the RITM dock" if selected else "")
-                if name
-                else str(self.checkpoint)
-            )
-            self._set_status(f"done, {how}: {where}")
-            show_info(
-                f"Fine-tuning {how}. "
-                + (
-                    f"The model is registered as '{name}'."
-                    if name
-                    else f"Checkpoint: {self.checkpoint} - load it in the RITM widget with "
+            if name:
+                where = f"registered as '{name}'"
+                where += ", selected in the RITM dock" if selected else ""
+                message = f"The model is registered as '{name}'."
+            elif self._wanted_name:  # the trainer refused: no validated gain over the start
+                where = f"no gain over the starting model, '{self._wanted_name}' not registered"
+                message = (
+                    "The held-back scores did not improve on the starting model, so it was not "
+                    f"registered (checkpoint: {self.checkpoint})."
+                )
+            else:
+                where = str(self.checkpoint)
+                message = (
+                    f"Checkpoint: {self.checkpoint} - load it in the RITM widget with "
                     "'or checkpoint'."
                 )
-            )
+            self._set_status(f"done, {how}: {where}")
+            show_info(f"Fine-tuning {how}. {message}")
         if not self.torn_down:
             self.start.enabled, self.stop.enabled = True, False
             if str(self.out.value) == self._auto_out:  # the next run needs an empty folder
