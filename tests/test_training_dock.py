@@ -153,3 +153,14 @@ def test_closing_the_dock_mid_run_stops_cleanly_and_offers_resume(
     again = _dock(viewer, tiny_checkpoint, monkeypatch)
     assert not again.resume.native.isHidden() and again.resumable == out
     assert again.resume.text == "Resume closed"
+    again._on_resume()
+    resumed = again.job
+    assert resumed is not None and again.resume.native.isHidden()
+    qtbot.waitUntil(lambda: again.status.value.startswith("epoch 1/"), timeout=300_000)
+    resumed.request_stop()
+    _wait_finished(qtbot, again, resumed)
+    assert resumed.error is None, resumed.error
+    record = json.loads((out / "config.json").read_text())
+    assert record["plan"]["total_steps"] == plan["total_steps"]  # the plan is kept
+    assert len(record["resumed_with"]) == 1 and record["resumed_with"][0]["iteration"] == steps
+    assert load_checkpoint(out / "last.pth").metadata["iteration"] > steps
