@@ -32,6 +32,28 @@ def test_parse_duration_refuses_nonsense(text):
         parse_duration(text)
 
 
+def test_validation_preset_flag_reaches_the_session(monkeypatch):
+    from napari_ritm_training import validation
+
+    seen = {}
+
+    class Session:
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs)
+
+    monkeypatch.setattr("napari_ritm.inference.session.ClickSession", Session)
+    monkeypatch.setattr(
+        "napari_ritm.evaluation.evaluator.evaluate_dataset",
+        lambda *a, **k: types.SimpleNamespace(summary=lambda: {}),
+    )
+    args = cli.build_parser().parse_args(["--data", "d", "--val-preset", "evaluation"])
+    cfg = cli.config_from_args(args)
+    validation.validate(types.SimpleNamespace(eval=lambda: None), [], cfg, "cpu", 0)
+    assert seen["preset"] == "evaluation" and TrainConfig().val_preset == "interactive"
+    with pytest.raises(RitmError, match="val_preset"):
+        TrainConfig(data=["d"], val_preset="exact").validate()
+
+
 def test_cli_time_budget_and_register_flags():
     args = cli.build_parser().parse_args(
         ["--data", "d", "--time-budget", "15m", "--register", "my-cells", "--keep-general", "0.2"]

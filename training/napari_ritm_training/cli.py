@@ -62,6 +62,8 @@ _HELP = {
     "val_every": "validate every N epochs (0 = never)",
     "val_zoom_in": "ZoomIn in the validation session",
     "val_flip": "flip test-time augmentation in the validation session",
+    "val_preset": "session preset of the validation: interactive (the plugin's default, fastest "
+    "native precision) or evaluation (the reference protocol of napari-ritm evaluate, float32)",
     "best_metric": "metric that chooses best.pth: noc85, noc90 or miou",
     "seed": "random seed (split, data, clicks)",
     "resume": "continue the stopped run in --out",
@@ -99,6 +101,7 @@ _FLAG_NAMES = {"from_weights": "--from", "time_budget_s": "--time-budget"}
 _CHOICES = {
     "variant": ["hrnet18s", "hrnet18", "hrnet32"],
     "best_metric": ["noc85", "noc90", "miou"],
+    "val_preset": ["interactive", "evaluation"],
     "scale_mode": ["object", "uniform", "none"],
 }
 

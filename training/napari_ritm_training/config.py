@@ -74,6 +74,10 @@ class TrainConfig:
         val_every: validate every this many epochs (0 = never).
         val_zoom_in: use ZoomIn in the validation session (reference predictor).
         val_flip: use horizontal-flip TTA in the validation session.
+        val_preset: session preset of the validation: "interactive" (the plugin's default:
+            zoom-in from the first click, fastest native precision) or "evaluation" (the
+            reference protocol of ``napari-ritm evaluate``: exact float32, first click on the
+            whole crop; slower on CPUs with bfloat16).
         best_metric: "noc85", "noc90" or "miou" (mean mIoU@k) chooses best.pth.
         seed: seed of the split, the data and the clicks.
         resume: continue the run in ``out`` from its ``resume.pth``.
@@ -134,6 +138,7 @@ class TrainConfig:
     val_every: int = 1
     val_zoom_in: bool = True
     val_flip: bool = True
+    val_preset: str = "interactive"
     best_metric: str = "noc85"
     seed: int = 0
     resume: bool = False
@@ -203,6 +208,8 @@ class TrainConfig:
                 )
         if self.lr <= 0:
             raise RitmError(f"lr must be positive, got {self.lr}")
+        if self.val_preset not in ("interactive", "evaluation"):
+            raise RitmError(f"val_preset must be interactive or evaluation: {self.val_preset!r}")
         if self.best_metric not in ("noc85", "noc90", "miou"):
             raise RitmError(f"best_metric must be noc85, noc90 or miou, got {self.best_metric!r}")
         if self.scale_mode not in ("object", "uniform", "none"):

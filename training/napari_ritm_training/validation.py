@@ -35,7 +35,7 @@ def validate(
     Args:
         model: the unwrapped network.
         samples: validation objects (:func:`napari_ritm_training.data.make_validation_samples`).
-        config: click budget (``val_max_clicks``) and session options (zoom-in, flip).
+        config: click budget (``val_max_clicks``) and session options (preset, zoom-in, flip).
         device: where the model is.
         epoch: epochs trained so far (0: the starting point), for the report's name.
         progress: called as ``progress(done_objects, n_objects, name)``.
@@ -44,7 +44,13 @@ def validate(
     from napari_ritm.inference.session import ClickSession
 
     model.eval()
-    session = ClickSession(model, zoom_in=config.val_zoom_in, flip=config.val_flip, device=device)
+    session = ClickSession(
+        model,
+        preset=getattr(config, "val_preset", "interactive"),
+        zoom_in=config.val_zoom_in,
+        flip=config.val_flip,
+        device=device,
+    )
     start = time.perf_counter()
     with torch.no_grad():
         report = evaluate_dataset(
