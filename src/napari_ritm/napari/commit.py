@@ -113,6 +113,8 @@ def write_commit(snap: Snapshot, result: Result, target_ok: bool) -> CommitOutco
         region, mask, label_id, overwrite=snap.overwrite, replace=snap.replace
     )
     if not len(set_rc[0]) and not len(clear_rc[0]):
+        if (mask & (region == label_id)).any():  # already exactly this object: nothing to write
+            return CommitOutcome(label_id, f"label {label_id} unchanged")
         return CommitOutcome(
             None,
             f"label {label_id}: nothing written, the object lies on other labels "
