@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QThreadPool
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class LatestRunner:
         self._ticket = 0
         self._closed = False
         self._on_stopped: Callable[[], None] | None = None
+        # One long-lived thread for every job: torch's intra-op (OpenMP) threads belong to the
+        # thread that calls torch, and a new pool thread per job would start another team
+        # competing for the cores (measured ~1.4x slower clicks on 2 cores).
+        self._pool = QThreadPool()
+        self._pool.setMaxThreadCount(1)
+        self._pool.setExpiryTimeout(-1)
 
     @property
     def busy(self) -> bool:
@@ -142,7 +149,7 @@ class LatestRunner:
         if self._on_busy is not None:
             self._on_busy(True)
         self._worker = worker
-        worker.start()
+        self._pool.start(worker)  # our own one-thread pool (see __init__), not the global one
 
     def _finished(self, worker: Any) -> None:
         if worker is not self._worker:
