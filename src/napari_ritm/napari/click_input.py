@@ -17,6 +17,7 @@ from napari.layers import Points
 
 from napari_ritm.errors import ImageFormatError
 from napari_ritm.inference.clicks import Click
+from napari_ritm.napari.keys import focus_canvas
 from napari_ritm.napari.layers import (
     NEGATIVE_COLOR,
     NEGATIVE_NAME,
@@ -232,6 +233,7 @@ class ClickInput:
         if moved > CLICK_TOLERANCE_PX:
             return  # a pan or zoom drag
         self.handle_click(position, button=button, modifiers=modifiers)
+        focus_canvas(viewer)  # a click on the image gives the keyboard to the viewer again
 
     def handle_click(self, position: Any, button: int = 1, modifiers: Any = ()) -> None:
         """Act on a click at a world ``position`` (one coordinate per viewer dimension).

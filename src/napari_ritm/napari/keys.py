@@ -46,6 +46,7 @@ class KeyBindings:
 
             def handler(_viewer: Any, action: Callable[[], Any] = action) -> None:
                 action()
+                focus_canvas(viewer)  # the next digit or key must not land in a dock widget
 
             if coerce_keybinding(key) in viewer.keymap:
                 self.skipped.append(key)
