@@ -82,16 +82,26 @@ def select_device(config: TrainConfig, world_size: int, local_rank: int) -> torc
     return device
 
 
-def precision_of(config: TrainConfig, device: torch.device) -> str:
+def precision_of(
+    config: TrainConfig, device: torch.device, model: torch.nn.Module | None = None
+) -> str:
     """What ``--amp`` gives on ``device``: "float16 AMP", "bfloat16 autocast" or "float32".
 
     float16 needs loss scaling and runs on CUDA only; on CPUs with native bfloat16
-    (AVX512-BF16/AMX) autocast roughly doubles the training speed (0.69 -> 0.42 s for batch 12
-    at 192 px on 2 threads) and keeps float32's range, so it needs no loss scaling.
+    (AVX512-BF16/AMX) autocast roughly doubled the training speed on an AMD EPYC (0.69 -> 0.42 s
+    for batch 12 at 192 px on 2 threads) and keeps float32's range, so it needs no loss
+    scaling. Some of those CPUs are slower in bfloat16 (an Intel Xeon with AMX hidden: 1.27 vs
+    1.15 s per step): with ``model`` (an ``ISModel``), bfloat16 is used only where
+    :func:`napari_ritm.inference.precision.fastest_cpu_precision` measures it faster.
     """
     if config.amp and device.type == "cuda":
         return "float16 AMP"
     if config.amp and device.type == "cpu" and cpu_has_bf16():
+        from napari_ritm.inference.precision import fastest_cpu_precision
+        from napari_ritm.model import ISModel
+
+        if isinstance(model, ISModel) and fastest_cpu_precision(model) != "bfloat16":
+            return "float32"
         return "bfloat16 autocast"
     return "float32"
 

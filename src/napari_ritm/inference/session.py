@@ -41,7 +41,11 @@ import torch
 
 from napari_ritm.errors import ImageFormatError, RitmError
 from napari_ritm.inference.clicks import Click
-from napari_ritm.inference.precision import resolve_precision, torch_dtype
+from napari_ritm.inference.precision import (
+    fastest_cpu_precision,
+    resolve_precision,
+    torch_dtype,
+)
 from napari_ritm.inference.preprocess import (
     Normalization,
     percentiles_from_metadata,
@@ -100,8 +104,9 @@ class ClickSession(PredictionSteps):
             the default) keep the exact reference behaviour. None: always the whole image.
         dtype: Compute precision of the fast backend (alias of ``precision``, kept for
             compatibility): a name or torch dtype.
-        precision: ``"auto"`` (bfloat16 on CPUs with native bf16 - AMX or AVX512-BF16 -,
-            float16 on CUDA/MPS, float32 elsewhere; :mod:`~napari_ritm.inference.precision`),
+        precision: ``"auto"`` (bfloat16 on CPUs with native bf16 - AMX or AVX512-BF16 - where
+            a timed pass of the model says it is faster, float16 on CUDA/MPS, float32
+            elsewhere; :mod:`~napari_ritm.inference.precision`),
             ``"float32"`` (exact), ``"bfloat16"`` (CPU) or ``"float16"`` (GPU). None: the
             preset's (interactive "auto", evaluation "float32"). The eager backend and models
             that are not an ``ISModel`` always run in float32 (``precision`` says so).
@@ -200,6 +205,9 @@ class ClickSession(PredictionSteps):
             # any other nn.Module with the ISModel call signature runs as it is
             logger.debug("backend 'fast' needs an ISModel; running %s eagerly", type(self.model))
             return self.model
+        auto = (requested if explicit else self._preset.precision) == "auto"
+        if auto and name == "bfloat16" and self._device.type == "cpu":
+            name = fastest_cpu_precision(self.model)  # the bf16 flag alone is not enough
         self._precision = name
         return FastISModel(self.model, dtype=torch_dtype(name))
 
