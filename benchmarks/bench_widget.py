@@ -6,8 +6,9 @@ offscreen Qt cannot create GL canvases) with Qt events processed as the event lo
 * **click to visible preview**: from ``widget.add_point(...)`` until the preview layer shows the
   result: the widget is idle, the preview's ``data_setitem`` is done and the canvas has painted
   since (a vispy ``draw`` event after the write). The same clicks on the same image are replayed
-  through ``ClickSession(model)`` (``set_image`` + ``add_click``) in the same process, each
-  session click right after the widget's same click (same machine load): the ratio
+  through ``ClickSession(model)`` (``set_image`` + ``add_click``) in a process of its own (as a
+  script runs it: torch on its main thread and nowhere else), each session click right after
+  the widget's same click (same machine load): the ratio
   widget / session is the overhead of the dock (threads, layers, drawing). "first" is the first
   click of an object on a new image (the session's ``set_image`` included on both sides),
   "following" the median of clicks 2..N.
@@ -49,6 +50,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 300.0  # give up on one measurement after this long (a hung worker)
 POLL_S = 0.002  # sleep between event-loop passes while settling
+# pump() also checks after every canvas paint; the timer only catches the rest. The times are
+# taken by the paint and preview hooks, not by the check: a slower timer costs no precision but
+# takes less CPU and GIL from the worker (a 2 ms timer measurably slowed it)
+POLL_MS = 20
 
 Clicks = list[tuple[float, float, bool]]
 
@@ -101,7 +106,7 @@ def pump(app: Any, until: Callable[[], bool], timeout: float = WAIT_S) -> float:
 
     A real ``QEventLoop.exec()``, as napari's own loop: the UI thread waits for events with
     the GIL released (a polling ``processEvents`` loop holds it and slows the worker's Python
-    down). ``until`` is checked every 2 ms by a timer and after every canvas paint.
+    down). ``until`` is checked after every canvas paint and every POLL_MS by a timer.
     """
     from qtpy.QtCore import QEventLoop, QTimer
 
@@ -120,7 +125,7 @@ def pump(app: Any, until: Callable[[], bool], timeout: float = WAIT_S) -> float:
             loop.quit()
 
     timer = QTimer()
-    timer.setInterval(2)
+    timer.setInterval(POLL_MS)
     timer.timeout.connect(check)
     _CHECKS.append(check)
     try:
@@ -146,6 +151,31 @@ def settle(app: Any, seconds: float = 0.3) -> None:
     while time.perf_counter() < end:
         app.processEvents()
         time.sleep(POLL_S)
+
+
+def renderer_cpu_s() -> float:
+    """CPU seconds used so far by this process's software OpenGL threads (Mesa llvmpipe).
+
+    Under Xvfb the canvas is rasterised on the CPU by these threads; on a machine with a GPU
+    this work is not on the CPU at all. 0.0 where /proc is not available.
+    """
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if not f.read().startswith("llvmpipe"):
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
 
 
 def median_ms(values: Sequence[float]) -> float:
@@ -206,28 +236,81 @@ class PreviewClock:
 
 
 # -- the session alone -------------------------------------------------------------------------
+def _session_server(conn: Any, size: int, n_clicks: int, precision: str, threads: int) -> None:
+    """Serve ``ClickSession`` clicks to the benchmark from a process of its own.
+
+    The session alone runs as a user's script runs it: on the main thread of a process where
+    nothing else calls torch. In the benchmark's own process it would be a second thread calling
+    torch beside the dock's worker, and two OpenMP teams on 2 cores slow each other (measured:
+    following clicks 1.3-1.8x slower on the thread that did not load the model).
+
+    Protocol (``multiprocessing`` pipe): sends ``(precision, clicks)`` once ready, then answers
+    ``("new",)`` (a fresh session) with None, ``("step", i)`` (click ``i``, the first one with
+    ``set_image``) with its seconds, and returns on ``("close",)``.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    from napari_ritm.inference.session import ClickSession
+    from napari_ritm.weights import load_model
+
+    bc = _bench_click()
+    model = load_model()
+    image, gt = bc.synthetic_nuclei(size, seed=0)
+    session = ClickSession(model, precision=precision)
+    clicks = bc._clicker_sequence(session, image, gt, n_clicks)  # also the warm-up
+    conn.send((session.precision, clicks))
+    while True:
+        message = conn.recv()
+        if message[0] == "close":
+            return
+        if message[0] == "new":
+            session = ClickSession(model, precision=precision)
+            conn.send(None)
+            continue
+        i = int(message[1])
+        row, col, positive = clicks[i]
+        t0 = time.perf_counter()
+        if i == 0:
+            session.set_image(image)
+        session.add_click(row, col, positive)
+        conn.send(time.perf_counter() - t0)
+
+
 class SessionReplay:
-    """The same clicks through ``ClickSession`` alone, one click at a time.
+    """The same clicks through ``ClickSession`` alone (in its own process), one at a time.
 
     The session's click ``i`` is timed right after the widget's click ``i``, so that both paths
     see the same machine load (on a shared machine the load changes within seconds).
     """
 
-    def __init__(self, model: Any, image: np.ndarray, clicks: Clicks, precision: str) -> None:
-        from napari_ritm.inference.session import ClickSession
+    def __init__(self, size: int, n_clicks: int, precision: str, threads: int) -> None:
+        import multiprocessing
 
-        self.session = ClickSession(model, precision=precision)
-        self.image, self.clicks = image, clicks
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs Qt
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_session_server, args=(child, size, n_clicks, precision, threads), daemon=True
+        )
+        self._process.start()
+        self.precision, self.clicks = self._conn.recv()
         self.times: list[float] = []
+
+    def new_object(self) -> None:
+        """A fresh session for the next replay (its first click calls ``set_image`` again)."""
+        self._conn.send(("new",))
+        self._conn.recv()
+        self.times = []
 
     def step(self, i: int) -> None:
         """Make click ``i`` (the first one includes ``set_image``) and record its time."""
-        row, col, positive = self.clicks[i]
-        t0 = time.perf_counter()
-        if i == 0:
-            self.session.set_image(self.image)
-        self.session.add_click(row, col, positive)
-        self.times.append(time.perf_counter() - t0)
+        self._conn.send(("step", i))
+        self.times.append(self._conn.recv())
+
+    def close(self) -> None:
+        """Stop the session's process."""
+        self._conn.send(("close",))
+        self._process.join(timeout=30)
 
 
 # -- the widget --------------------------------------------------------------------------------
@@ -238,6 +321,7 @@ class WidgetRun:
     visible: list[float] = field(default_factory=list)  # click -> canvas painted the preview
     drawn: list[float] = field(default_factory=list)  # click -> preview data_setitem done
     compute: list[float] = field(default_factory=list)  # engine set_image + predict (worker)
+    render_cpu: list[float] = field(default_factory=list)  # software GL CPU, click -> visible
 
 
 @dataclass
@@ -303,6 +387,7 @@ def widget_run(
     drawn, paints = dock.drawn, dock.paints
     for i, (row, col, positive) in enumerate(clicks):
         drawn.reset()
+        gl0 = renderer_cpu_s()
         t0 = time.perf_counter()
         widget.add_point((row, col), positive)
         pump(app, lambda n=i + 1: widget.wait_idle() and drawn.clicks == n)
@@ -316,6 +401,7 @@ def widget_run(
         run.visible.append(t_visible - t0)
         run.drawn.append(t_drawn - t0)
         run.compute.append(timings.get("set_image", 0.0) + timings.get("predict", 0.0))
+        run.render_cpu.append(renderer_cpu_s() - gl0)
         settle(app, 0.05)
         if after_click is not None:
             after_click(i)
@@ -435,49 +521,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefer_qt6()  # before qtpy is imported (napari warns about PyQt5)
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # the dock's worker thread (torch runs only there)
     from qtpy.QtWidgets import QApplication
 
-    from napari_ritm.inference.session import ClickSession
-    from napari_ritm.weights import DEFAULT_MODEL, load_model
+    from napari_ritm.weights import DEFAULT_MODEL
 
     bc = _bench_click()
     start = time.perf_counter()
     app = QApplication.instance() or QApplication([])
     info = machine_info()
-    model = load_model()
-    precision = ClickSession(model, precision=args.precision).precision
     print("## Machine")
     for key, value in info.items():
         print(f"- {key}: {value}")
-    print(f"- model: {DEFAULT_MODEL} (weights.load_model()), precision {precision}\n")
 
     rows: list[str] = []
     notes: list[str] = []
+    precision = args.precision
     for size in [int(s) for s in args.sizes.split(",") if s]:
         t_size = time.perf_counter()
-        image, gt = bc.synthetic_nuclei(size, seed=0)
-        warm = ClickSession(model, precision=precision)  # also the warm-up of the session path
-        clicks = bc._clicker_sequence(warm, image, gt, args.clicks)
-        del warm
+        image, _ = bc.synthetic_nuclei(size, seed=0)
+        # the session alone, in its own process: resolves the precision (both paths use it)
+        # and makes the clicks (evaluation clicker)
+        replay = SessionReplay(size, args.clicks, precision, args.threads)
+        precision, clicks = replay.precision, replay.clicks
         dock = open_dock(app, image, precision, f"{size}²")
         session_runs, widget_runs, shown = [], [], []
         for r in range(args.repeats + 1):  # run 0 warms the widget's own session up, unreported
-            replay = SessionReplay(model, image, clicks, precision)
+            replay.new_object()
             wrun = widget_run(app, dock, clicks, replay.step)
             shown.append(check_preview(dock.widget))
             if r > 0:
                 widget_runs.append(wrun)
                 session_runs.append(replay.times)
+        replay.close()
         dock.close(app)
         for label, pick in (("first", lambda xs: xs[:1]), ("following", lambda xs: xs[1:])):
             s = median_ms([t for run in session_runs for t in pick(run)])
             vis = median_ms([t for run in widget_runs for t in pick(run.visible)])
             drw = median_ms([t for run in widget_runs for t in pick(run.drawn)])
             cmp_ = median_ms([t for run in widget_runs for t in pick(run.compute)])
+            gl = median_ms([t for run in widget_runs for t in pick(run.render_cpu)])
             rows.append(
                 f"| {size}² | {label} | {s:.0f} | {cmp_:.0f} | {drw:.0f} | {vis:.0f} "
-                f"| {vis / s:.2f}x |"
+                f"| {vis / s:.2f}x | {gl:.0f} |"
             )
         if not all(shown):
             notes.append(f"{size}²: the preview did NOT match the held result")
@@ -488,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_fin = time.perf_counter()
     fin = finish_times(app, precision, shape, args.finishes, bc)  # type: ignore[arg-type]
     print(f"[finish: {time.perf_counter() - t_fin:.0f} s]", file=sys.stderr, flush=True)
+    print(f"- model: {DEFAULT_MODEL} (weights.load_model()), precision {precision}\n")
 
     n = args.repeats * (args.clicks - 1)
     print(
@@ -496,9 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "| image (uint16) | click | session alone (ms) | widget: model work in the worker (ms) "
-        "| widget: preview written (ms) | widget: preview visible (ms) | widget / session |"
+        "| widget: preview written (ms) | widget: preview visible (ms) | widget / session "
+        "| software GL CPU per click (ms) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     for note in notes:
         print(f"\nWARNING: {note}")

@@ -303,3 +303,16 @@ def test_real_keys_and_mouse_loop(make_widget, tiny_model, image2d, qtbot):
     qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # napari undo
     assert not (labels.data[1] == 2).any()
     assert (labels.data[0] == 2).any()
+
+
+def test_status_says_predicting_only_once_a_prediction_is_slow(make_widget, image2d, qtbot):
+    """The dock does not repaint with "predicting…" the moment a click is made (with software
+    OpenGL each repaint takes CPU from the model); a slow prediction says so within the
+    progress timer's interval, and its result replaces it."""
+    _viewer, _layer, widget = make_widget(image2d, delay=0.6)
+    widget.add_point((30.0, 30.0))
+    assert not widget.wait_idle()
+    assert widget.status.value != "predicting…"  # not at once
+    qtbot.waitUntil(lambda: widget.status.value == "predicting…", timeout=500)
+    idle(qtbot, widget)
+    assert widget.status.value.startswith("1 click(s)")

@@ -55,10 +55,11 @@ class PredictionBridge:
         self._on_result = on_result
         self._progress_lock = threading.Lock()
         self._progress_state: tuple[int, int, str] | None = None
+        self._said_busy = False  # "predicting…" shown for the current busy period
         self.engine.progress = self._progress_from_thread
         # No napari progress bar per job: its activity-dialog animation took the CPU from the
         # model (clicks ~3x slower on 2 cores, benchmarks/bench_widget.py); the status line
-        # says "predicting…" and shows load progress instead.
+        # says "predicting…" (after 200 ms) and shows load progress instead.
         self.runner = LatestRunner(self._deliver, self._busy_changed, progress_desc=None)
         self._timer = QTimer(controls.native)  # parented: deleted with the dock
         self._timer.setInterval(200)
@@ -154,8 +155,11 @@ class PredictionBridge:
         self._on_result(result)
 
     def _busy_changed(self, busy: bool) -> None:
+        # "predicting…" only once a job has run for a timer interval: a status change repaints
+        # the dock, and with software OpenGL (no GPU) each repaint re-composes the canvas, CPU
+        # that a sub-second click would take from the model
+        self._said_busy = False
         if busy:
-            self.controls.set_status("predicting…")
             self._timer.start()
         else:
             self._timer.stop()
@@ -168,6 +172,9 @@ class PredictionBridge:
     def _show_progress(self) -> None:
         with self._progress_lock:
             state, self._progress_state = self._progress_state, None
+        if state is None and not self._said_busy:
+            self._said_busy = True
+            self.controls.set_status("predicting…")
         if state is not None:
             done, total, message = state
             self.controls.set_status(
