@@ -256,3 +256,18 @@ def test_invert_augmentation_maps_x_to_one_minus_x():
     np.testing.assert_allclose(_intensity(img, np.random.default_rng(1), cfg), 1.0 - img)
     cfg.invert_prob = 0.0
     np.testing.assert_array_equal(_intensity(img, np.random.default_rng(1), cfg), img)
+
+
+def test_object_diameter_range_follows_the_median_object():
+    from napari_ritm_training.data import object_diameter_range
+
+    labels = np.zeros((2, 200, 200), dtype=np.uint16)
+    rr, cc = np.ogrid[:200, :200]
+    # slice 0: discs of radius 20, 30, 40 (ids 1-3); slice 1: the same ids again, radius 30
+    for i, (r, c, radius) in enumerate([(50, 50, 20), (50, 140, 30), (140, 100, 40)], start=1):
+        labels[0][(rr - r) ** 2 + (cc - c) ** 2 <= radius**2] = i
+    labels[1][(rr - 100) ** 2 + (cc - 100) ** 2 <= 30**2] = 2  # per plane: id 2 counted again
+    low, high = object_diameter_range([labels, np.full((5, 5), -1)])  # ignore (-1) is no object
+    assert low == pytest.approx(0.4 * 60, rel=0.02) and high == pytest.approx(1.5 * 60, rel=0.02)
+    assert object_diameter_range([np.zeros((8, 8), int)]) is None
+    assert object_diameter_range([np.ones((2, 2), int)]) == (8.0, 9.0)  # the floor

@@ -91,6 +91,12 @@ def test_dock_fine_tunes_to_a_budget_registers_and_selects_the_model(
     _wait_finished(qtbot, widget, job)
     assert job.error is None, job.error
     assert widget.checkpoint == tmp_path / "runs" / "blobs" / "best.pth"
+    # objects are scaled around the size of the user's own objects, not the nuclei default
+    from napari_ritm_training.data import object_diameter_range
+
+    settings = json.loads((tmp_path / "runs" / "blobs" / "config.json").read_text())["config"]
+    expected = object_diameter_range([viewer.layers["blob labels"].data])
+    assert settings["diameter_range"] == pytest.approx(list(expected))
 
     report = widget.report.last_report
     assert report.stage == "end" and report.registered == "blobs-v1"

@@ -287,6 +287,7 @@ class FinetuneWidget(Container):
             keep_general=float(self.keep_general.value),
             val_fraction=float(self.val_fraction.value),
             val_max_objects=VAL_OBJECTS,
+            val_flip=False,  # before/after on the same footing at half the cost: more budget trains
             freeze_backbone=bool(self.freeze.value),
             device=str(self.device.value),
             threads=torch.get_num_threads(),
@@ -306,6 +307,11 @@ class FinetuneWidget(Container):
                     "nothing to train on: pick an Image and a Labels layer (Add pair for more), "
                     "or a data folder"
                 )
+            from napari_ritm_training.data import object_diameter_range
+
+            if config.scale_mode == "object" and labels:
+                # the user's objects at about their own size (not the nuclei default range)
+                config.diameter_range = object_diameter_range(labels) or config.diameter_range
             config.validate(has_arrays=bool(images))
         except RitmError as exc:
             self._report_error(exc)
