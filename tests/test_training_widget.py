@@ -264,3 +264,34 @@ def test_ask_stop_is_a_yes_no_question(monkeypatch):
     answer = QMessageBox.StandardButton.No
     assert ask_stop("Stop?") is False
     assert asked[0] == ("Fine-tune", "Stop?", QMessageBox.StandardButton.No)
+
+
+def test_training_job_shows_progress_at_most_once_a_second_and_the_last_report(qtbot):
+    """Progress reaches the dock throttled (each repaint costs CPU with software OpenGL): the
+    start, then the newest report per interval, and the last report before the outcome."""
+    import time
+
+    from napari_ritm.napari import training_job as tj
+
+    shown: list[tuple[int, int, str]] = []
+    finished: list[object] = []
+
+    def train(progress, should_stop):
+        for i in range(1, 301):
+            progress(i, 300, f"step {i}")
+            time.sleep(0.005)  # ~1.5 s of reports, 200 per second
+        return None
+
+    job = tj.TrainingJob(
+        train,
+        total=300,
+        description="starting",
+        on_progress=lambda *value: shown.append(value),
+        on_finished=finished.append,
+    )
+    job.start()
+    assert shown == [(0, 300, "starting")]  # at once, before any report
+    qtbot.waitUntil(lambda: finished == [job], timeout=20_000)
+    assert shown[-1] == (300, 300, "step 300")  # the last report is always shown
+    assert 2 <= len(shown) <= 2 + 3  # start, ~1-2 timer ticks, the end: not 300 repaints
+    assert [d for d, _, _ in shown] == sorted(d for d, _, _ in shown)

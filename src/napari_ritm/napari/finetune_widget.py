@@ -29,6 +29,7 @@ from magicgui.widgets import (
     FloatSpinBox,
     Label,
     LineEdit,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
@@ -185,13 +186,15 @@ class FinetuneWidget(Container):
         self.revert = PushButton(text="Revert to previous model", enabled=False)
         self.status = Label(value="idle")
         self.status.native.setWordWrap(True)
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.report = ReportPanel()
         self.extend([
             self.image_layer, self.labels_layer, self.add_pair, self.clear_pairs, self.pair_list,
             self.folder, self.out, self.start_from, self.start_file, self.budget,
             self.budget_custom, self.epochs, self.iters, self.batch_size, self.crop,
             self.synthetic, self.keep_general, self.val_fraction, self.freeze, self.device,
-            self.register_name, self.start, self.stop, self.resume, self.revert, self.status,
+            self.register_name, self.start, self.stop, self.resume, self.revert, self.progress,
+            self.status,
             self.report,
         ])  # fmt: skip
         self.previous_model: str | None = None
@@ -384,8 +387,8 @@ class FinetuneWidget(Container):
         job = TrainingJob(
             train,
             total=1 if planned_later else config.epochs * config.iters_per_epoch,
-            description="fine-tune",
-            on_progress=lambda done, total, message: self._set_status(message),
+            description="loading data...",
+            on_progress=self._on_progress,
             on_finished=self._on_finished,
             on_report=self._on_report,
         )
@@ -393,7 +396,7 @@ class FinetuneWidget(Container):
         self._wanted_name = getattr(config, "register", None)
         self.report.clear()
         self.start.enabled, self.stop.enabled = False, True
-        self._set_status("loading data...")
+        self.progress.visible = True
         job.start()
 
     def _on_report(self, report: Any) -> None:
@@ -476,6 +479,13 @@ class FinetuneWidget(Container):
         self.previous_model = None
         self.revert.enabled = False
         return True
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if self.torn_down:
+            return
+        self.progress.max = max(1, int(total))
+        self.progress.value = min(int(done), self.progress.max)
+        self._set_status(message)
 
     def _set_status(self, text: str) -> None:
         if not self.torn_down:  # after teardown the Qt label may already be deleted
