@@ -120,7 +120,10 @@ def test_dock_fine_tunes_to_a_budget_registers_and_selects_the_model(
     assert plan["epochs"] == 1 and plan["steps_done"] == plan["total_steps"] == report.step
 
     # registered, listed, and selected in the RITM dock; revert gives the previous one back
-    assert "blobs-v1" in {i.name for i in list_weights()}
+    info = next(i for i in list_weights() if i.name == "blobs-v1")
+    # weights list says what it is: start, data (the image layer), before -> after
+    assert info.description.startswith(f"fine-tuned from {tiny_checkpoint.stem} on ")
+    assert "held-back NoC@85" in info.description and "->" in info.description
     assert ritm.model.value == "blobs-v1"
     assert widget.status.value.startswith("done, finished: registered as 'blobs-v1', selected")
     assert widget.revert.enabled and widget.previous_model == DEFAULT_MODEL

@@ -578,8 +578,15 @@ def test_import_records_the_hash_and_loads_by_name(cache: Path, tiny_checkpoint:
     )
     with pytest.raises(weights.InvalidWeightsNameError, match="already imported"):
         weights.import_weights(tiny_checkpoint, "my-cells_v1")
+    assert info.description == f"imported from {tiny_checkpoint.resolve()}"
     assert weights.import_weights(tiny_checkpoint, "my-cells_v1", overwrite=True) == target
     assert _leftovers(cache / "imported") == ["my-cells_v1.json", "my-cells_v1.pth"]
+    # a description given at import (what a fine-tune registers) is what the list shows
+    weights.import_weights(
+        tiny_checkpoint, "my-cells_v1", overwrite=True, description="fine-tuned from x\n on y"
+    )
+    info = {i.name: i for i in weights.list_weights()}["my-cells_v1"]
+    assert info.description == "fine-tuned from x on y"
 
 
 def test_imported_file_that_changed_is_refused(cache: Path, tiny_checkpoint: Path):

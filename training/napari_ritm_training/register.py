@@ -76,11 +76,30 @@ def register_model(trainer: Trainer, checkpoint: Path) -> str | None:
             cfg.best_metric,
         )
         return None
-    path = import_weights(checkpoint, name, overwrite=cfg.register_overwrite)
+    path = import_weights(
+        checkpoint, name, overwrite=cfg.register_overwrite, description=describe(trainer)
+    )
     record = registration_record(trainer, name, path, checkpoint)
     reporting.write_json(trainer.run_dir / "registered.json", record)
     log.info("registered %s as '%s' (%s)", checkpoint, name, path)
     return name
+
+
+def describe(trainer: Trainer) -> str:
+    """One line for ``weights list``: start, data, held-back NoC@85 before -> after, date."""
+    origin = trainer.config.from_weights or trainer.init_source or "?"
+    start = Path(str(origin)).stem if str(origin).endswith((".pth", ".pt")) else str(origin)
+    data = list(trainer.config.data) + [g for d in trainer.extra_datasets for g in d.groups]
+    names = ", ".join(Path(str(d)).name for d in data[:3]) + (" ..." if len(data) > 3 else "")
+    rows = {r.get("epoch"): r for r in trainer.history if r.get("val_noc85") is not None}
+    before, after = rows.get(0), rows.get(trainer.best_epoch)
+    scores = (
+        f", held-back NoC@85 {before['val_noc85']:.2f} -> {after['val_noc85']:.2f}"
+        if before and after
+        else ""
+    )
+    day = _dt.date.today().isoformat()
+    return f"fine-tuned from {start} on {names or 'synthetic data'}{scores} ({day})"
 
 
 def improves_on_start(trainer: Trainer) -> bool:

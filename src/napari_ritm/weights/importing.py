@@ -52,7 +52,11 @@ def _check_name(name: str, overwrite: bool) -> Path:
 
 
 def import_weights(
-    path: str | os.PathLike[str], name: str | None = None, *, overwrite: bool = False
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    overwrite: bool = False,
+    description: str | None = None,
 ) -> Path:
     """Validate a checkpoint and copy it into the cache so it can be loaded by name.
 
@@ -65,6 +69,8 @@ def import_weights(
         name: name to give it (letters, digits, ``.``, ``_``, ``-``; default: the file stem).
             Must not clash with a registry name or alias.
         overwrite: replace existing imported weights of the same name.
+        description: one line that ``weights list`` and the widgets show for it (e.g. what it
+            was fine-tuned from and on); default "imported from <path>".
 
     Returns:
         Path of the copy in the cache (``<cache>/imported/<name>.pth``); its record is
@@ -110,6 +116,8 @@ def import_weights(
         "size_bytes": target.stat().st_size,
         "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if description:
+        record["description"] = " ".join(str(description).split())
     write_record(target.with_suffix(".json"), record)
     logger.info("imported %s as '%s' (%s)", source, name, target)
     return target

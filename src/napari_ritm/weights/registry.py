@@ -354,7 +354,9 @@ def _imported_infos() -> list[WeightsInfo]:
                 cached=True,
                 status="imported",
                 path=path,
-                description=f"imported from {record.get('source', '?')}",
+                description=str(
+                    record.get("description") or f"imported from {record.get('source', '?')}"
+                ),
                 verified_by=VERIFIED_SHA256 if has_hash else "no record",
                 extra=record,
             )
