@@ -215,6 +215,8 @@ def test_resume_without_state_and_bad_settings(data_dir, tmp_path):
         run_finetune(_config(data_dir, tmp_path / "none", resume=True))
     with pytest.raises(RitmError, match="crop"):
         run_finetune(_config(data_dir, tmp_path / "c", crop=(16, 16)))
+    with pytest.raises(RitmError, match="batch_size must be at least 2"):
+        run_finetune(_config(data_dir, tmp_path / "b", batch_size=1))
     with pytest.raises(RitmError, match="--data"):
         run_finetune(TrainConfig(out=str(tmp_path / "d")))
     assert not (tmp_path / "c").exists(), "settings are checked before anything is written"

@@ -178,6 +178,9 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise RitmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.batch_size) < 2:
+            # BatchNorm trains on batch statistics: one crop per batch gives meaningless ones
+            raise RitmError(f"batch_size must be at least 2, got {self.batch_size}")
         if len(self.crop) != 2 or min(self.crop) < 32:
             raise RitmError(f"crop must be two sizes (h, w) of at least 32 pixels, got {self.crop}")
         if not 0.0 <= self.val_fraction < 1.0:
