@@ -222,7 +222,14 @@ def test_close_cancels_waiting_jobs_and_releases_after_the_running_one(make_widg
     widget.finish_object()  # a kept job, also waiting
     widget.close()
     assert widget.engine.model is not None  # not released under the running job
+    from napari_ritm.napari import worker
+
+    # the closed runner (and its thread pool) stays alive until its job has finished, and
+    # quitting the app waits for that job
+    assert widget.bridge.runner in worker._CLOSING
+    assert worker.wait_for_closed_runners(timeout_ms=WAIT_MS)
     qtbot.waitUntil(lambda: widget.engine.model is None, timeout=WAIT_MS)
+    assert widget.bridge.runner not in worker._CLOSING
     qtbot.wait(700)
     assert runs == [1]  # only the job that was already running ran
     assert widget.engine.session is None

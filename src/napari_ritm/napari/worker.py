@@ -23,10 +23,39 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QThreadPool
+from qtpy.QtWidgets import QApplication
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LatestRunner"]
+__all__ = ["LatestRunner", "wait_for_closed_runners"]
+
+#: Runners closed while a job still ran: kept alive (with their thread pool) until that job's
+#: thread has finished, so that neither the pool nor the model under the job is destroyed
+#: mid-job when the dock or the viewer goes away.
+_CLOSING: set[LatestRunner] = set()
+_QUIT_HOOKED = False
+
+
+def wait_for_closed_runners(timeout_ms: int = 60_000) -> bool:
+    """Block until the jobs of closed runners have finished (at most ``timeout_ms`` each).
+
+    Connected to ``QApplication.aboutToQuit``: quitting napari while the model loads or a
+    prediction runs waits for that job instead of tearing the interpreter down under it.
+
+    Returns:
+        True when no closed runner has a job left.
+    """
+    for runner in list(_CLOSING):
+        runner._pool.waitForDone(timeout_ms)
+    return all(runner._pool.activeThreadCount() == 0 for runner in _CLOSING)
+
+
+def _hook_quit() -> None:
+    global _QUIT_HOOKED
+    app = QApplication.instance()
+    if not _QUIT_HOOKED and app is not None:
+        app.aboutToQuit.connect(wait_for_closed_runners)
+        _QUIT_HOOKED = True
 
 
 class LatestRunner:
@@ -119,6 +148,8 @@ class LatestRunner:
                 on_stopped()
         else:
             self._on_stopped = on_stopped
+            _CLOSING.add(self)  # alive until the running job's thread has finished
+            _hook_quit()
 
     def _start_next(self) -> None:
         if self._worker is not None or self._closed:
@@ -156,6 +187,7 @@ class LatestRunner:
             return
         self._worker = None
         if self._closed:
+            _CLOSING.discard(self)
             stopped, self._on_stopped = self._on_stopped, None
             if stopped is not None:
                 stopped()
