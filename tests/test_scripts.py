@@ -98,7 +98,11 @@ def test_accuracy_tables_missing_folder_fails(tmp_path: Path) -> None:
 
 def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DATA": str(tmp_path / "nodata")}
-    for script in ("train_default_model.sh", "evaluate_default_model.sh"):
+    for script in (
+        "train_default_model.sh",
+        "train_default_model_v2.sh",
+        "evaluate_default_model.sh",
+    ):
         proc = _run(SCRIPTS / script, env=env)
         assert proc.returncode == 2, script
         assert proc.stderr.startswith(f"{script}: error: ")
