@@ -91,8 +91,7 @@ def describe(trainer: Trainer) -> str:
     start = Path(str(origin)).stem if str(origin).endswith((".pth", ".pt")) else str(origin)
     data = list(trainer.config.data) + [g for d in trainer.extra_datasets for g in d.groups]
     names = ", ".join(Path(str(d)).name for d in data[:3]) + (" ..." if len(data) > 3 else "")
-    rows = {r.get("epoch"): r for r in trainer.history if r.get("val_noc85") is not None}
-    before, after = rows.get(0), rows.get(trainer.best_epoch)
+    before, after = _validated_start_and_best(trainer)
     scores = (
         f", held-back NoC@85 {before['val_noc85']:.2f} -> {after['val_noc85']:.2f}"
         if before and after
@@ -102,6 +101,14 @@ def describe(trainer: Trainer) -> str:
     return f"fine-tuned from {start} on {names or 'synthetic data'}{scores} ({day})"
 
 
+def _validated_start_and_best(
+    trainer: Trainer,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The validated log rows of the starting weights (epoch 0) and of the best epoch."""
+    rows = {r.get("epoch"): r for r in trainer.history if r.get("val_noc85") is not None}
+    return rows.get(0), rows.get(trainer.best_epoch)
+
+
 def improves_on_start(trainer: Trainer) -> bool:
     """Whether the kept (best) epoch beats the starting weights by ``best_metric``.
 
@@ -109,8 +116,7 @@ def improves_on_start(trainer: Trainer) -> bool:
     """
     from .validation import best_key
 
-    rows = {r.get("epoch"): r for r in trainer.history if r.get("val_noc85") is not None}
-    start, best = rows.get(0), rows.get(trainer.best_epoch)
+    start, best = _validated_start_and_best(trainer)
     if start is None or best is None:
         return start is None
 

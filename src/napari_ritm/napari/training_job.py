@@ -28,6 +28,7 @@ from qtpy.QtWidgets import QApplication, QMessageBox, QWidget
 
 from napari_ritm.errors import RitmError
 from napari_ritm.napari.layers import NEGATIVE_NAME, POSITIVE_NAME, PREVIEW_NAME, is_ritm_layer
+from napari_ritm.napari.worker import call_on_quit
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -52,7 +53,6 @@ TrainFn = Callable[[ProgressFn, StopFn], Path]
 #: Jobs whose worker has not finished. Keeps each job (and the callbacks it holds) alive after its
 #: widget is gone, until the run has saved its state.
 _ACTIVE: set[TrainingJob] = set()
-_QUIT_HOOKED = False
 _DUPLICATE_SUFFIX = re.compile(r" \[\d+\]$")  # napari's suffix for a repeated layer name
 _OURS = (PREVIEW_NAME, POSITIVE_NAME, NEGATIVE_NAME)
 #: Progress reaches the dock at most this often (ms)
@@ -159,7 +159,6 @@ class TrainingJob:
         self._flush = QTimer(self._bridge)
         self._flush.setInterval(PROGRESS_INTERVAL_MS)
         self._flush.timeout.connect(self._show_progress)
-        self.finished_shown = False  # _finish ran: no progress after the outcome
         self.worker: Any = None
         self.result: Path | None = None
         self.error: Exception | None = None
@@ -183,7 +182,8 @@ class TrainingJob:
         """Start the worker thread (progress goes to ``on_progress``, at most once a second)."""
         from napari.qt.threading import create_worker
 
-        _hook_quit()
+        # quitting napari must not kill a run half-way through writing its resumable state
+        call_on_quit(wait_for_jobs)
         self._on_progress(0, self._total, self._description)
         self._flush.start()
         _ACTIVE.add(self)
@@ -219,7 +219,7 @@ class TrainingJob:
 
     def _show_progress(self) -> None:
         latest, self._latest = self._latest, None
-        if latest is not None and not self.finished_shown:
+        if latest is not None:
             self._on_progress(*latest)
 
     def _relay_report(self, value: Any) -> None:
@@ -227,9 +227,8 @@ class TrainingJob:
             self._on_report(value)
 
     def _finish(self) -> None:
-        self._flush.stop()
-        self._show_progress()  # the last report
-        self.finished_shown = True
+        self._flush.stop()  # nothing is shown after the outcome but the last report
+        self._show_progress()
         _ACTIVE.discard(self)
         try:
             self._on_finished(self)
@@ -246,15 +245,6 @@ def wait_for_jobs(timeout: float = 60.0) -> bool:
     for job in list(_ACTIVE):
         job.request_stop()
     return all(job.wait(timeout) for job in list(_ACTIVE))
-
-
-def _hook_quit() -> None:
-    # Quitting napari must not kill a run half-way through writing its resumable state.
-    global _QUIT_HOOKED
-    app = QApplication.instance()
-    if not _QUIT_HOOKED and app is not None:
-        app.aboutToQuit.connect(wait_for_jobs)
-        _QUIT_HOOKED = True
 
 
 class DockLifecycle(QObject):

@@ -27,13 +27,22 @@ from qtpy.QtWidgets import QApplication
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LatestRunner", "wait_for_closed_runners"]
+__all__ = ["LatestRunner", "call_on_quit", "wait_for_closed_runners"]
 
 #: Runners closed while a job still ran: kept alive (with their thread pool) until that job's
 #: thread has finished, so that neither the pool nor the model under the job is destroyed
 #: mid-job when the dock or the viewer goes away.
 _CLOSING: set[LatestRunner] = set()
-_QUIT_HOOKED = False
+_ON_QUIT: set[Callable[[], object]] = set()  # connected to QApplication.aboutToQuit
+
+
+def call_on_quit(callback: Callable[[], object]) -> None:
+    """Connect ``callback`` to ``QApplication.aboutToQuit``, once per process (no-op before a
+    QApplication exists): work that must not be cut off when napari quits waits there."""
+    app = QApplication.instance()
+    if app is not None and callback not in _ON_QUIT:
+        app.aboutToQuit.connect(callback)
+        _ON_QUIT.add(callback)
 
 
 def wait_for_closed_runners(timeout_ms: int = 60_000) -> bool:
@@ -48,14 +57,6 @@ def wait_for_closed_runners(timeout_ms: int = 60_000) -> bool:
     for runner in list(_CLOSING):
         runner._pool.waitForDone(timeout_ms)
     return all(runner._pool.activeThreadCount() == 0 for runner in _CLOSING)
-
-
-def _hook_quit() -> None:
-    global _QUIT_HOOKED
-    app = QApplication.instance()
-    if not _QUIT_HOOKED and app is not None:
-        app.aboutToQuit.connect(wait_for_closed_runners)
-        _QUIT_HOOKED = True
 
 
 class LatestRunner:
@@ -149,7 +150,7 @@ class LatestRunner:
         else:
             self._on_stopped = on_stopped
             _CLOSING.add(self)  # alive until the running job's thread has finished
-            _hook_quit()
+            call_on_quit(wait_for_closed_runners)
 
     def _start_next(self) -> None:
         if self._worker is not None or self._closed:
