@@ -7,7 +7,8 @@
 #   evaluation folders). Objects scaled to 14-160 px, full learning rate on the backbone (a new
 #   domain), x0.1 for the last 4 epochs.
 # Long on a 2-core CPU (~2 s per step, 20 x 500 steps): it spans sessions. Stop it with Ctrl+C
-# (it saves resume.pth), pack it with scripts/pack_run.py, and continue with
+# (it saves resume.pth); to carry it to another machine pack it with scripts/pack_run.py
+# (half precision) and continue there with
 #   bash scripts/train_default_model_v2.sh --resume
 # RUN_DIR (default runs/default-v2) holds the run; extra arguments go to napari-ritm-finetune.
 set -euo pipefail
