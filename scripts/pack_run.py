@@ -2,8 +2,10 @@
 
 The long default-model run spans several sessions on fresh machines, so its state must travel
 in the repository: the logs and split as they are, and ``resume.pth`` in half precision (model
-weights float16; Adam moments bfloat16, whose float32 range keeps tiny second moments from
-underflowing to 0). ``--resume`` casts everything back to float32.
+weights float16; Adam's second moments bfloat16, whose float32 range keeps tiny values from
+underflowing to 0; Adam's first moments are left out, ``--resume`` starts them at zero: a 0.9
+running mean that refills within ~20 steps, and 40% of the file). ``--resume`` casts everything
+back to float32.
 
     python scripts/pack_run.py runs/default-nuclei-stage2 training/runs/default-nuclei-stage2
     mkdir -p runs && cp -r training/runs/default-nuclei-stage2 runs/
@@ -38,7 +40,10 @@ def pack(run_dir: Path, dest: Path) -> Path:
             shutil.copy2(run_dir / name, dest / name)
     state = torch.load(run_dir / "resume.pth", map_location="cpu", weights_only=True)
     state["state_dict"] = _half(state["state_dict"], torch.float16)
-    state["optimizer"]["state"] = _half(state["optimizer"]["state"], torch.bfloat16)
+    moments = state["optimizer"]["state"]
+    for param_state in moments.values():
+        param_state.pop("exp_avg", None)  # restored as zeros (checkpointing.restore)
+    state["optimizer"]["state"] = _half(moments, torch.bfloat16)
     out = dest / "resume.pth"
     torch.save(state, out)
     return out

@@ -173,3 +173,20 @@ def test_training_autocast_follows_the_measured_precision(tiny_model, monkeypatc
     assert build.precision_of(TrainConfig(amp=False), cpu, tiny_model) == "float32"
     monkeypatch.setattr(build, "cpu_has_bf16", lambda: False)
     assert build.precision_of(TrainConfig(), cpu, tiny_model) == "float32"
+
+
+@pytest.mark.parametrize("winner", ["float32", "bfloat16"])
+def test_a_resumed_run_keeps_its_precision(tiny_model, monkeypatch, winner):
+    from napari_ritm_training import TrainConfig, build
+
+    monkeypatch.setattr(build, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(prec, "fastest_cpu_precision", lambda model: winner)
+    cpu, cfg = torch.device("cpu"), TrainConfig()
+    # whatever this timing says, the run goes on in the arithmetic it started with
+    assert build.precision_of(cfg, cpu, tiny_model, previous="float32") == "float32"
+    bf16 = "bfloat16 autocast"
+    assert build.precision_of(cfg, cpu, tiny_model, previous=bf16) == bf16
+    # ... unless this machine cannot run it
+    monkeypatch.setattr(build, "cpu_has_bf16", lambda: False)
+    assert build.precision_of(cfg, cpu, tiny_model, previous=bf16) == "float32"
+    assert build.precision_of(cfg, cpu, tiny_model, previous="float16 AMP") == "float32"

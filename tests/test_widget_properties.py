@@ -189,9 +189,13 @@ def test_random_use_keeps_the_invariants(shared_viewer, actions, close, qtbot):
         if close:
             widget.close()
             calls = engine.calls
-            deadline = time.time() + 5
-            while engine.model is not None and time.time() < deadline:
+            # The fake engine never loads a model, so wait on the runner itself: after close it
+            # is busy only while the job that was running at close time has not finished.
+            runner = widget.bridge.runner
+            deadline = time.time() + 30
+            while runner.busy and time.time() < deadline:
                 _process_events(0.01)
+            assert not runner.busy, "the job running at close never finished"
             assert engine.calls <= calls + 1  # at most the job that was running
             after = engine.calls
             run_action(widget, viewer, ("click", 5.0, 5.0, True))

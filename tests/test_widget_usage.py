@@ -161,6 +161,27 @@ def test_user_chosen_existing_id_is_refused(make_widget, image2d, qtbot, warning
     assert widget.finish_object() == 5
 
 
+def test_painting_with_the_shown_id_never_merges_the_next_object(make_widget, image2d, qtbot):
+    """Found by the property test: the user paints with the ID the dock shows (1), then
+    finishes a clicked object, which must get a new ID, not merge into the painted one."""
+    viewer, _layer, widget = make_widget(image2d)
+    labels = viewer.add_labels(np.zeros(image2d.shape, dtype=np.uint16), name="cells")
+    widget.labels.value = labels
+    widget.threshold.value = 0.3
+    widget.add_point((30.0, 30.0))
+    assert widget.label_id.value == 1
+    labels.brush_size = 5
+    labels.paint((80, 80), 1)  # what a brush stroke with label 1 does
+    painted = labels.data == 1
+    assert painted.any() and widget.label_id.value == 2  # the dock shows a free ID at once
+    idle(qtbot, widget)
+    widget.label_id.value = 1  # stale: as if the box had not followed (the property test's race)
+    widget.editor._auto_id = 1
+    assert widget.finish_object() == 2
+    np.testing.assert_array_equal(labels.data == 1, painted)  # the painted object is untouched
+    assert (labels.data == 2).any()
+
+
 def test_next_id_follows_napari_undo(make_widget, image2d, qtbot):
     _viewer, _layer, widget = make_widget(image2d)
     widget.threshold.value = 0.3

@@ -83,7 +83,10 @@ def select_device(config: TrainConfig, world_size: int, local_rank: int) -> torc
 
 
 def precision_of(
-    config: TrainConfig, device: torch.device, model: torch.nn.Module | None = None
+    config: TrainConfig,
+    device: torch.device,
+    model: torch.nn.Module | None = None,
+    previous: str | None = None,
 ) -> str:
     """What ``--amp`` gives on ``device``: "float16 AMP", "bfloat16 autocast" or "float32".
 
@@ -93,7 +96,16 @@ def precision_of(
     scaling. Some of those CPUs are slower in bfloat16 (an Intel Xeon with AMX hidden: 1.27 vs
     1.15 s per step): with ``model`` (an ``ISModel``), bfloat16 is used only where
     :func:`napari_ritm.inference.precision.fastest_cpu_precision` measures it faster.
+
+    ``previous``, the precision a resumed run ran in, is kept wherever ``device`` can run it:
+    a run does not change its arithmetic half-way because one timing came out differently.
     """
+    if previous == "float32" or (
+        config.amp
+        and (previous, device.type) in (("float16 AMP", "cuda"), ("bfloat16 autocast", "cpu"))
+        and (device.type == "cuda" or cpu_has_bf16())
+    ):
+        return previous
     if config.amp and device.type == "cuda":
         return "float16 AMP"
     if config.amp and device.type == "cpu" and cpu_has_bf16():

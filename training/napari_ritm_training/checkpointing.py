@@ -137,6 +137,7 @@ def save_resume(trainer: Trainer, epoch: int, iteration: int) -> Path:
         "epoch_seconds": trainer.epoch_seconds if iteration else 0.0,
         "best_epoch": trainer.best_epoch,
         "plan": trainer.plan.to_dict() if trainer.plan is not None else None,
+        "precision": trainer.precision,  # a resumed run keeps it (build.precision_of)
     }
     # Weights + two Adam moments, about three times the weights.
     needed = 3 * sum(t.numel() * t.element_size() for t in state_dict.values())
@@ -233,6 +234,11 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
     scheduler's, so a resume may move or add learning-rate drops.
     """
     cfg = trainer.config
+    for param_state in state["optimizer"]["state"].values():
+        if "exp_avg_sq" in param_state and "exp_avg" not in param_state:
+            # a packed run (scripts/pack_run.py) leaves Adam's first moments out: a short running
+            # mean that refills within ~20 steps, not worth 40% of a committed file
+            param_state["exp_avg"] = torch.zeros_like(param_state["exp_avg_sq"])
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scheduler.milestones = Counter(cfg.milestones)

@@ -203,7 +203,8 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer, self.scheduler = build.build_optimizer(model, cfg)
-        self.precision = build.precision_of(cfg, self.device, model)
+        previous = (self._resume_state or {}).get("precision")
+        self.precision = build.precision_of(cfg, self.device, model, previous)
         self.use_amp = self.precision == "float16 AMP"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.nfl = NormalizedFocalLoss(alpha=0.5, gamma=2.0)

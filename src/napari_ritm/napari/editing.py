@@ -129,7 +129,11 @@ class ObjectEditor:
             self.show_next_id(labels)
 
     def _on_labels_painted(self, event: Any) -> None:
+        labels = self.watched_labels
+        showing_auto = labels is not None and self.controls.label_id.value == self._auto_id
         self.ids.painted(max_painted_value(event))
+        if showing_auto and self.next_free_id(labels) != self._auto_id:
+            self.show_next_id(labels)  # the user painted with the ID shown: show a free one
 
     def _plane_key(self) -> tuple | None:
         try:
@@ -159,8 +163,10 @@ class ObjectEditor:
             label_id, replace, fresh = prior.label_id, prior.replace, prior.fresh
         else:
             label_id, replace = int(self.controls.label_id.value), None
-            fresh = label_id >= next_free
             chosen = label_id != self._auto_id
+            if not chosen and label_id < next_free:
+                label_id = next_free  # the ID shown went stale (painted meanwhile): never merge
+            fresh = label_id >= next_free
             if chosen and not fresh and self.ids.exists(labels, label_id):
                 self.controls.warn(
                     f"label {label_id} already exists in {labels.name!r}: pick a free ID "
