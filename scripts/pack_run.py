@@ -15,6 +15,7 @@ back to float32.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -44,6 +45,11 @@ def pack(run_dir: Path, dest: Path) -> Path:
     for param_state in moments.values():
         param_state.pop("exp_avg", None)  # restored as zeros (checkpointing.restore)
     state["optimizer"]["state"] = _half(moments, torch.bfloat16)
+    if "precision" not in state and (run_dir / "config.json").is_file():
+        # states saved before resumes kept their precision: take the one the run recorded
+        recorded = json.loads((run_dir / "config.json").read_text()).get("precision")
+        if recorded:
+            state["precision"] = recorded
     out = dest / "resume.pth"
     torch.save(state, out)
     return out
