@@ -29,7 +29,6 @@ from scipy import ndimage
 
 from napari_ritm.evaluation.datasets import load_dataset
 from napari_ritm.inference.preprocess import prepare_image
-from napari_ritm.model import encode_disks
 from napari_ritm.model.inference import FastISModel
 from napari_ritm.weights import load_model
 
@@ -49,6 +48,16 @@ class Core(torch.nn.Module):
         return logits
 
 
+def network_inputs(
+    fast: FastISModel, image: torch.Tensor, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :class:`Core` takes for a ``FastISModel`` request: normalised RGB and the click maps
+    (the torch part that stays in front of the OpenVINO network)."""
+    coord = fast.net.get_coord_features(image, points)
+    rgb = torch.addcmul(fast._shift, image[:, :3], fast._scale)
+    return rgb.contiguous(), coord.contiguous()
+
+
 class OpenVinoNet(torch.nn.Module):
     """Stands in for a session's ``FastISModel``: the same click encoding and normalisation in
     torch, the network in an OpenVINO compiled model."""
@@ -59,9 +68,8 @@ class OpenVinoNet(torch.nn.Module):
         self.request = compiled.create_infer_request()
 
     def forward(self, image: torch.Tensor, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        coord = self.fast.net.get_coord_features(image, points)
-        rgb = torch.addcmul(self.fast._shift, image[:, :3], self.fast._scale)
-        self.request.infer([rgb.contiguous().numpy(), coord.contiguous().numpy()])
+        rgb, coord = network_inputs(self.fast, image, points)
+        self.request.infer([rgb.numpy(), coord.numpy()])
         logits = torch.from_numpy(self.request.get_output_tensor(0).data.copy())
         size = image.shape[-2:]
         return {"instances": F.interpolate(logits, size=size, mode="bilinear", align_corners=True)}
@@ -136,9 +144,7 @@ def inputs(fast: FastISModel, crop: np.ndarray, mask: np.ndarray, prev: np.ndarr
     flipped_points[0, 0, 1] = w - 1 - c
     image = torch.cat([image, image.flip(-1)])
     points = torch.cat([points, flipped_points])
-    coord = fast.net.get_coord_features(image, points)
-    rgb = torch.addcmul(fast._shift, image[:, :3], fast._scale)
-    return rgb.contiguous(), coord.contiguous()
+    return network_inputs(fast, image, points)
 
 
 def timed(fn, args, repeats: int) -> float:
@@ -172,11 +178,12 @@ def main() -> None:
     )
     parser.add_argument("--max-clicks", type=int, default=20)
     args = parser.parse_args()
+    if args.noc_sets and args.max_clicks < 5:
+        parser.error("--max-clicks must be at least 5 (the table reports mIoU@5)")
     import nncf
     import openvino as ov
 
     torch.set_num_threads(args.threads)
-    assert encode_disks is not None
     fast = FastISModel(load_model(), channels_last=False)
     core = Core(fast).eval()
     sets = ["stardist_2d", "N2DH-GOWT1", "Chloroplast-EM", "CPM15-HE"]
@@ -191,9 +198,9 @@ def main() -> None:
             yield first
             with torch.no_grad():
                 logits = core(*first)[:1]
-            prev = torch.sigmoid(
-                torch.nn.functional.interpolate(logits, size=mask.shape, mode="bilinear")
-            )[0, 0].numpy()
+            prev = torch.sigmoid(F.interpolate(logits, size=mask.shape, mode="bilinear"))[
+                0, 0
+            ].numpy()
             yield inputs(fast, crop, mask, prev)
 
     calibration = list(two_passes(calib))

@@ -57,6 +57,17 @@ def _config(data_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _stop_after(steps: int):
+    """A ``should_stop`` that lets ``steps`` steps run (it is polled before each step)."""
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > steps
+
+    return should_stop
+
+
 def _weights(path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
@@ -128,15 +139,9 @@ def test_stop_and_resume_reach_the_same_weights(data_dir, tmp_path):
     run_finetune(_config(data_dir, tmp_path / "ref", val_every=0, amp=False))
     reference = _weights(tmp_path / "ref" / "last.pth")
 
-    calls = {"n": 0}
-
-    def stop_after_three() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 3  # polled before each step: 3 steps run, in the middle of epoch 2
-
     out = tmp_path / "stopped"
     cfg = _config(data_dir, out, val_every=0, amp=False)
-    run_finetune(cfg, should_stop=stop_after_three)
+    run_finetune(cfg, should_stop=_stop_after(3))  # in the middle of epoch 2
     state = torch.load(out / "resume.pth", map_location="cpu", weights_only=True)
     assert (state["epoch"], state["iteration"]) == (1, 1)
     assert (out / "last.pth").is_file()
@@ -166,14 +171,8 @@ def test_a_packed_run_resumes(data_dir, tmp_path):
     pack_run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pack_run)
 
-    calls = {"n": 0}
-
-    def stop_after_three() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 3
-
     run = tmp_path / "run"
-    run_finetune(_config(data_dir, run, val_every=0, amp=False), should_stop=stop_after_three)
+    run_finetune(_config(data_dir, run, val_every=0, amp=False), should_stop=_stop_after(3))
     full = torch.load(run / "resume.pth", map_location="cpu", weights_only=True)
     packed_dir = tmp_path / "packed"
     packed = torch.load(pack_run.pack(run, packed_dir), map_location="cpu", weights_only=True)

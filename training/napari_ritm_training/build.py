@@ -100,11 +100,11 @@ def precision_of(
     ``previous``, the precision a resumed run ran in, is kept wherever ``device`` can run it:
     a run does not change its arithmetic half-way because one timing came out differently.
     """
-    if previous == "float32" or (
-        config.amp
-        and (previous, device.type) in (("float16 AMP", "cuda"), ("bfloat16 autocast", "cpu"))
-        and (device.type == "cuda" or cpu_has_bf16())
-    ):
+    if previous == "float32":
+        return previous
+    if previous == "float16 AMP" and config.amp and device.type == "cuda":
+        return previous
+    if previous == "bfloat16 autocast" and config.amp and device.type == "cpu" and cpu_has_bf16():
         return previous
     if config.amp and device.type == "cuda":
         return "float16 AMP"
