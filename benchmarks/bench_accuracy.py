@@ -3,7 +3,9 @@
 Runs the evaluation protocol (ritm-reference §9: the evaluation clicker, stop at IoU 0.90,
 ``max_clicks`` clicks) with the shipped default model on files the model was not trained on,
 for each configuration ``PRESET:PRECISION`` (default: interactive and evaluation, each in float32
-and bfloat16), and prints NoC@85/90, failures, mIoU@k and the first / following click times.
+and bfloat16), and prints NoC@85/90, failures, mIoU@k and the first / following click times. A
+configuration may end in ``:noflip`` (flip test-time augmentation off: half the network work per
+click), e.g. ``interactive:float32:noflip``.
 
 Default sets (held out for ``napari-ritm.nuclei``; see its checkpoint metadata "split"):
 N2DH-GOWT1 t72 and NIH3T3 dna-28/29/32/33 (fluorescence nuclei, validation groups of the
@@ -132,8 +134,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name in args.sets:
             samples = load_samples(name, args.per_set, args.max_per_image, Path(tmp))
             for config in args.configs:
-                preset, precision = config.split(":")
-                session = ClickSession(model, preset=preset, precision=precision, device="cpu")
+                preset, precision, *options = config.split(":")
+                session = ClickSession(
+                    model,
+                    preset=preset,
+                    precision=precision,
+                    flip="noflip" not in options,
+                    device="cpu",
+                )
                 timed = TimedPredictor(session)
                 report = evaluate_dataset(
                     timed, samples, max_clicks=args.max_clicks, model=config, dataset=name
@@ -207,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    for config in args.configs:
+        preset, _, rest = config.partition(":")
+        precision, _, option = rest.partition(":")
+        if (
+            preset not in ("evaluation", "interactive")
+            or not precision
+            or option not in ("", "noflip")
+        ):
+            p.error(f"--configs: {config!r} is not PRESET:PRECISION[:noflip]")
     start = time.perf_counter()
     rows = run(args)
     print(format_table(rows))

@@ -69,6 +69,11 @@ def main() -> None:
     parser.add_argument("--note", default=None, help="free text on how it was trained")
     parser.add_argument("--dest", type=Path, default=DEST)
     parser.add_argument(
+        "--reproduce",
+        default="bash scripts/train_default_model.sh",
+        help="the command that trains it end to end (recorded in the metadata)",
+    )
+    parser.add_argument(
         "--record-only",
         action="store_true",
         help="only (re)write the record (sha256, texts) of the checkpoint at --dest",
@@ -97,7 +102,7 @@ def main() -> None:
     if args.stages:
         stages = [stage_record(d) for d in args.stages]
         metadata["training"] = {
-            "reproduce": "bash scripts/train_default_model.sh",
+            "reproduce": args.reproduce,
             "stages": stages,
             "iterations": sum(st["iterations"] for st in stages),
             "hours": round(sum(st["hours"] for st in stages), 2),

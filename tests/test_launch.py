@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import pytest
 
 from napari_ritm.napari.launch import (
@@ -154,3 +156,82 @@ def test_view_opens_a_large_window_on_pyqt6_without_deprecation_warning() -> Non
     if shutil.which("xvfb-run"):
         assert (screen_w, screen_h) == SCREEN
         assert probe["dock"] < 0.4 * width  # the image keeps most of the window
+
+
+# -- what the user sees of an opened image -----------------------------------------------------
+def _dim_nuclei(shape: tuple[int, ...] = (120, 160)) -> np.ndarray:
+    """A dim uint8 fluorescence-like image: background ~5, a few blobs up to ~40."""
+    rng = np.random.default_rng(0)
+    image = rng.poisson(5.0, shape).astype(np.float64)
+    yy, xx = np.mgrid[: shape[-2], : shape[-1]]
+    for cy, cx in ((30, 40), (80, 110), (60, 70)):
+        image[..., (yy - cy) ** 2 + (xx - cx) ** 2 < 15**2] += 30
+    return image.astype(np.uint8)
+
+
+def test_an_opened_dim_image_is_shown_with_the_model_percentiles() -> None:
+    from napari.layers import Image
+
+    from napari_ritm.napari.launch import show_as_the_model_sees
+
+    image = _dim_nuclei()
+    layer = Image(image)
+    assert tuple(layer.contrast_limits) == (0, 255)  # napari's uint8 default: nearly black
+    assert show_as_the_model_sees(layer)
+    assert layer.contrast_limits == pytest.approx(list(np.percentile(image, (1.0, 99.8))))
+    assert layer.contrast_limits[1] < 60
+
+    stack = np.stack([_dim_nuclei(), _dim_nuclei() // 2])
+    layer = Image(stack)
+    assert show_as_the_model_sees(layer, percentiles=(2.0, 98.0))
+    assert layer.contrast_limits == pytest.approx(list(np.percentile(stack, (2.0, 98.0))))
+
+    # left as they are: RGB, and an image without contrast
+    rgb = Image(np.stack([image] * 3, axis=-1), rgb=True)
+    flat = Image(np.full((50, 50), 7, np.uint16))
+    before = (tuple(rgb.contrast_limits), tuple(flat.contrast_limits))
+    assert not show_as_the_model_sees(rgb) and not show_as_the_model_sees(flat)
+    assert (tuple(rgb.contrast_limits), tuple(flat.contrast_limits)) == before
+
+
+def test_a_large_image_is_sampled_for_its_display_limits() -> None:
+    from napari.layers import Image
+
+    from napari_ritm.napari.launch import show_as_the_model_sees
+
+    class CountingArray(np.ndarray):
+        """Records how many values each indexing hands out."""
+
+        read: ClassVar[list[int]] = []
+
+        def __getitem__(self, key):
+            out = super().__getitem__(key)
+            CountingArray.read.append(int(np.size(out)))
+            return out
+
+    big = np.tile(_dim_nuclei((100, 100)), (30, 30)).view(CountingArray)  # 3000 x 3000
+    layer = Image(big)
+    CountingArray.read.clear()
+    assert show_as_the_model_sees(layer)
+    assert max(CountingArray.read) <= 4_000_000
+    assert layer.contrast_limits == pytest.approx(
+        list(np.percentile(np.asarray(big), (1.0, 99.8))), abs=2.0
+    )
+
+
+@pytest.mark.gui
+def test_view_shows_an_opened_file_as_the_model_sees_it(qtbot, tmp_path: Path) -> None:
+    import tifffile
+
+    from napari_ritm.napari.launch import open_viewer
+
+    image = _dim_nuclei()
+    tifffile.imwrite(tmp_path / "dim.tif", image)
+    viewer, widget = open_viewer(str(tmp_path / "dim.tif"), model="some-checkpoint.pth")
+    try:
+        qtbot.waitUntil(widget.wait_idle, timeout=60_000)
+        layer = viewer.layers["dim"]
+        assert layer.contrast_limits == pytest.approx(list(np.percentile(image, (1.0, 99.8))))
+    finally:
+        widget.close()
+        viewer.close()

@@ -54,9 +54,32 @@ def test_make_holdout_missing_run_or_data_set_fails(tmp_path: Path) -> None:
     run = _run_folder(tmp_path, ["set A/img1"])
     proc = _run(SCRIPTS / "make_holdout.py", run, tmp_path / "out", "--data", data)
     assert proc.returncode == 2
-    assert f"held-out data set 'set A' of {run} has no {data / 'set A' / 'pairs.csv'}" in (
-        proc.stderr
-    )
+    assert (
+        f"held-out data set 'set A' of {run} is in none of the data folders ({data}); pass "
+        "the --data folders the run was trained from"
+    ) in proc.stderr
+
+
+def test_make_holdout_keeps_the_benchmark_layout_across_data_folders(tmp_path: Path) -> None:
+    # "set A" lives in the second data folder, in the images/ + masks/ layout (as DAVIS does)
+    micro, bench = tmp_path / "microscopy", tmp_path / "benchmarks"
+    micro.mkdir()
+    for folder, suffix in (("images", ".jpg"), ("masks", ".png")):
+        (bench / "set A" / folder).mkdir(parents=True)
+        for stem in ("000", "002", "004"):
+            (bench / "set A" / folder / f"{stem}{suffix}").write_bytes(b"x")
+    run = _run_folder(tmp_path, ["set A/002", "set A/004"])
+    out = tmp_path / "out"
+    proc = _run(SCRIPTS / "make_holdout.py", run, out, "--data", micro, bench)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(out / "set A")]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [
+        "set A/images/002.jpg",
+        "set A/images/004.jpg",
+        "set A/masks/002.png",
+        "set A/masks/004.png",
+    ]
+    assert (out / "set A" / "masks" / "004.png").resolve() == bench / "set A" / "masks" / "004.png"
 
 
 def test_make_holdout_writes_the_held_out_pairs(tmp_path: Path) -> None:
@@ -94,6 +117,47 @@ def test_accuracy_tables_missing_folder_fails(tmp_path: Path) -> None:
         "scripts/evaluate_default_model.sh first (OUT=folder)"
     )
     assert proc.stdout == ""
+
+
+def _summary(model: str, noc85: float, miou: list[float], baseline: dict | None = None) -> dict:
+    """A minimal ``napari-ritm evaluate --json`` summary."""
+    out = {
+        "model": model,
+        "n_samples": 4,
+        "noc85": noc85,
+        "noc90": noc85 + 1,
+        "failures90": 1,
+        "miou_at_k": miou,
+        "seconds_per_click": 0.25,
+    }
+    if baseline is not None:
+        out["baseline"] = baseline
+    return out
+
+
+def test_accuracy_tables_put_models_side_by_side(tmp_path: Path) -> None:
+    grabcut = _summary("grabcut", 9.0, [0.5, 0.6, 0.7])
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir(), old.mkdir()
+    (new / "EM.json").write_text(json.dumps(_summary("cells", 3.0, [0.7, 0.8, 0.9], grabcut)))
+    (new / "EM.samples.json").write_text("[]")  # per-object files are not tables
+    (old / "EM.json").write_text(json.dumps(_summary("nuclei", 5.5, [0.6, 0.7, 0.8])))
+    (old / "HE.json").write_text(json.dumps(_summary("nuclei", 12.0, [0.4, 0.5, 0.6], grabcut)))
+    proc = _run(SCRIPTS / "accuracy_tables.py", new, old)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[2:] == [
+        "| EM | cells | 4 | 3.00 | 4.00 | 1 | 0.700 | 0.900 | - | - | - | 0.25 |",
+        "|  | nuclei | 4 | 5.50 | 6.50 | 1 | 0.600 | 0.800 | - | - | - | 0.25 |",
+        "|  | GrabCut baseline | 4 | 9.00 | 10.00 | 1 | 0.500 | 0.700 | - | - | - | 0.25 |",
+        "| HE | nuclei | 4 | 12.00 | 13.00 | 1 | 0.400 | 0.600 | - | - | - | 0.25 |",
+        "|  | GrabCut baseline | 4 | 9.00 | 10.00 | 1 | 0.500 | 0.700 | - | - | - | 0.25 |",
+    ]
+    # a folder without summaries is refused, even beside a good one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _run(SCRIPTS / "accuracy_tables.py", new, empty)
+    assert proc.returncode == 1 and f"{empty} has no <set>.json files" in proc.stderr
 
 
 def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "main",
     "open_viewer",
     "prefer_qt6",
+    "show_as_the_model_sees",
 ]
 
 logger = logging.getLogger(__name__)
@@ -142,8 +143,44 @@ def fit_window(
     return width, height
 
 
+#: Values sampled at most for display limits (a regular subsample of larger images).
+_DISPLAY_SAMPLE = 4_000_000
+
+
+def show_as_the_model_sees(layer: Any, percentiles: tuple[float, float] | None = None) -> bool:
+    """Set a grayscale image layer's contrast limits to the model's normalization percentiles.
+
+    napari shows uint8 images on 0-255 and others on their minimum-maximum, so a dim
+    fluorescence image opens nearly black although the model, which normalizes with the 1st and
+    99.8th percentiles, sees it well. Shown with the same limits, the user sees what the model
+    sees. RGB and multiscale layers, and images whose percentiles are equal, are left as they
+    are. Reads a regular subsample (at most ~4 M values) so that large or lazy images stay cheap.
+
+    Returns:
+        True when the limits were changed.
+    """
+    import numpy as np
+
+    from napari_ritm.inference.preprocess import DEFAULT_PERCENTILES
+
+    if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
+        return False
+    data = layer.data
+    plane = int(np.prod(data.shape[-2:]))
+    step = max(1, int(np.ceil((data.size / _DISPLAY_SAMPLE) ** 0.5))) if plane > 1 else 1
+    sample = np.asarray(data[..., ::step, ::step], dtype=np.float64)
+    low, high = (float(v) for v in np.percentile(sample, percentiles or DEFAULT_PERCENTILES))
+    if not high > low:
+        return False
+    layer.contrast_limits = (low, high)
+    return True
+
+
 def open_viewer(image: str | None = None, *, sample: str = "cell", model: str | None = None):
     """Create a viewer with the widget docked and the image (or sample) open; returns both.
+
+    An opened image is shown with the model's normalization limits
+    (:func:`show_as_the_model_sees`).
 
     The window takes ~90% of the screen (:func:`fit_window`) and the view is reset to the
     resized canvas.
@@ -159,11 +196,14 @@ def open_viewer(image: str | None = None, *, sample: str = "cell", model: str | 
     viewer = napari.Viewer(title="napari-ritm")
     if image:
         try:
-            viewer.open(image)
+            opened = viewer.open(image)
         except Exception as exc:  # napari readers raise many types; say what to do
             raise ImageFormatError(
                 f"napari could not open {image!r} ({exc}); check the path or convert it to TIFF"
             ) from exc
+        for layer in opened:
+            if isinstance(layer, napari.layers.Image):
+                show_as_the_model_sees(layer)
     else:
         viewer.open_sample("napari-ritm", sample)
     widget = RitmWidget(viewer)
