@@ -169,35 +169,35 @@ def _dim_nuclei(shape: tuple[int, ...] = (120, 160)) -> np.ndarray:
     return image.astype(np.uint8)
 
 
-def test_an_opened_dim_image_is_shown_with_the_model_percentiles() -> None:
+def test_an_opened_dim_image_is_shown_stretched_to_its_percentiles() -> None:
     from napari.layers import Image
 
-    from napari_ritm.napari.launch import show_as_the_model_sees
+    from napari_ritm.napari.launch import show_stretched
 
     image = _dim_nuclei()
     layer = Image(image)
     assert tuple(layer.contrast_limits) == (0, 255)  # napari's uint8 default: nearly black
-    assert show_as_the_model_sees(layer)
+    assert show_stretched(layer)
     assert layer.contrast_limits == pytest.approx(list(np.percentile(image, (1.0, 99.8))))
     assert layer.contrast_limits[1] < 60
 
     stack = np.stack([_dim_nuclei(), _dim_nuclei() // 2])
     layer = Image(stack)
-    assert show_as_the_model_sees(layer, percentiles=(2.0, 98.0))
+    assert show_stretched(layer, percentiles=(2.0, 98.0))
     assert layer.contrast_limits == pytest.approx(list(np.percentile(stack, (2.0, 98.0))))
 
     # left as they are: RGB, and an image without contrast
     rgb = Image(np.stack([image] * 3, axis=-1), rgb=True)
     flat = Image(np.full((50, 50), 7, np.uint16))
     before = (tuple(rgb.contrast_limits), tuple(flat.contrast_limits))
-    assert not show_as_the_model_sees(rgb) and not show_as_the_model_sees(flat)
+    assert not show_stretched(rgb) and not show_stretched(flat)
     assert (tuple(rgb.contrast_limits), tuple(flat.contrast_limits)) == before
 
 
 def test_a_large_image_is_sampled_for_its_display_limits() -> None:
     from napari.layers import Image
 
-    from napari_ritm.napari.launch import show_as_the_model_sees
+    from napari_ritm.napari.launch import show_stretched
 
     class CountingArray(np.ndarray):
         """Records how many values each indexing hands out."""
@@ -212,7 +212,7 @@ def test_a_large_image_is_sampled_for_its_display_limits() -> None:
     big = np.tile(_dim_nuclei((100, 100)), (30, 30)).view(CountingArray)  # 3000 x 3000
     layer = Image(big)
     CountingArray.read.clear()
-    assert show_as_the_model_sees(layer)
+    assert show_stretched(layer)
     assert max(CountingArray.read) <= 4_000_000
     assert layer.contrast_limits == pytest.approx(
         list(np.percentile(np.asarray(big), (1.0, 99.8))), abs=2.0
@@ -220,7 +220,7 @@ def test_a_large_image_is_sampled_for_its_display_limits() -> None:
 
 
 @pytest.mark.gui
-def test_view_shows_an_opened_file_as_the_model_sees_it(qtbot, tmp_path: Path) -> None:
+def test_view_shows_an_opened_file_stretched(qtbot, tmp_path: Path) -> None:
     import tifffile
 
     from napari_ritm.napari.launch import open_viewer

@@ -26,7 +26,7 @@ __all__ = [
     "main",
     "open_viewer",
     "prefer_qt6",
-    "show_as_the_model_sees",
+    "show_stretched",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,14 +147,16 @@ def fit_window(
 _DISPLAY_SAMPLE = 4_000_000
 
 
-def show_as_the_model_sees(layer: Any, percentiles: tuple[float, float] | None = None) -> bool:
-    """Set a grayscale image layer's contrast limits to the model's normalization percentiles.
+def show_stretched(layer: Any, percentiles: tuple[float, float] | None = None) -> bool:
+    """Set a grayscale image layer's contrast limits to its 1st/99.8th percentiles.
 
     napari shows uint8 images on 0-255 and others on their minimum-maximum, so a dim
-    fluorescence image opens nearly black although the model, which normalizes with the 1st and
-    99.8th percentiles, sees it well. Shown with the same limits, the user sees what the model
-    sees. RGB and multiscale layers, and images whose percentiles are equal, are left as they
-    are. Reads a regular subsample (at most ~4 M values) so that large or lazy images stay cheap.
+    fluorescence image opens nearly black. The percentiles are those the model normalizes uint16
+    and float images with ("as trained"), so for them the user sees what the model sees. This is
+    display only: with the default normalization the model's input does not depend on it (uint8
+    is always divided by 255, as in training). RGB and multiscale layers, and images whose
+    percentiles are equal, are left as they are. Reads a regular subsample (at most ~4 M values)
+    so that large or lazy images stay cheap.
 
     Returns:
         True when the limits were changed.
@@ -179,8 +181,8 @@ def show_as_the_model_sees(layer: Any, percentiles: tuple[float, float] | None =
 def open_viewer(image: str | None = None, *, sample: str = "cell", model: str | None = None):
     """Create a viewer with the widget docked and the image (or sample) open; returns both.
 
-    An opened image is shown with the model's normalization limits
-    (:func:`show_as_the_model_sees`).
+    An opened grayscale image is shown stretched to its 1st/99.8th percentiles
+    (:func:`show_stretched`).
 
     The window takes ~90% of the screen (:func:`fit_window`) and the view is reset to the
     resized canvas.
@@ -203,7 +205,7 @@ def open_viewer(image: str | None = None, *, sample: str = "cell", model: str | 
             ) from exc
         for layer in opened:
             if isinstance(layer, napari.layers.Image):
-                show_as_the_model_sees(layer)
+                show_stretched(layer)
     else:
         viewer.open_sample("napari-ritm", sample)
     widget = RitmWidget(viewer)
