@@ -344,3 +344,22 @@ def test_status_says_predicting_only_once_a_prediction_is_slow(make_widget, imag
     qtbot.waitUntil(lambda: widget.status.value == "predicting…", timeout=500)
     idle(qtbot, widget)
     assert widget.status.value.startswith("1 click(s)")
+
+
+def test_status_lines_use_the_dock_width_and_wrap_inside_it(make_widget, image2d, qtbot):
+    viewer, _layer, widget = make_widget(image2d)
+    viewer.window._qt_window.show()
+    qtbot.waitExposed(widget.native)
+    dock_width = widget.native.width()
+    field = widget.model.native  # the value column, as wide as the dock allows
+    widget.set_status("model napari-ritm.nuclei loaded")
+    qtbot.wait(50)
+    status = widget.status.native
+    # as wide as the other fields (magicgui's Label alone kept its first text's ~90 px)
+    assert status.width() >= 0.95 * field.width()
+    one_line = status.height()
+    widget.set_status("a long message " * 12)
+    qtbot.wait(50)
+    assert widget.native.width() == dock_width  # never widens the dock
+    assert status.width() >= 0.95 * field.width()
+    assert status.height() > one_line  # it wraps instead

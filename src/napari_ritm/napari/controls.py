@@ -17,7 +17,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSlider,
-    Label,
     PushButton,
     SpinBox,
 )
@@ -28,6 +27,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_ritm.inference.session import DEFAULT_THRESHOLD
 from napari_ritm.napari.layers import is_ritm_layer
+from napari_ritm.napari.qt_parts import wrapping_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -154,8 +154,8 @@ class ControlPanel(Container):
         self.reset_button = PushButton(text="Reset clicks")
         self.refine_button = PushButton(text="Refine selected label")
         self.propagate_button = PushButton(text="Propagate to next slice [Shift+N]")
-        self.runtime = Label(value="")
-        self.status = Label(value="ready")
+        self.runtime = wrapping_label()
+        self.status = wrapping_label("ready")  # a long message wraps; it never widens the dock
         self.extend(
             [
                 self.model,
@@ -186,8 +186,6 @@ class ControlPanel(Container):
             ]
         )
         self._keep_focus_out()
-        for label in (self.status, self.runtime):
-            label.native.setWordWrap(True)  # a long message wraps; it never widens the dock
         self.model_file.changed.connect(self._on_model_file)
 
     def _keep_focus_out(self) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import Container
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem
+
+from napari_ritm.napari.qt_parts import wrapping_label
 
 __all__ = ["ReportPanel", "format_remaining"]
 
@@ -51,11 +53,9 @@ class ReportPanel(Container):
 
     def __init__(self) -> None:
         super().__init__(labels=False)
-        self.split_label = Label(value="split: (shown when a run starts)")
-        self.time_label = Label(value="")
-        self.forgetting_label = Label(value="")
-        for label in (self.split_label, self.time_label, self.forgetting_label):
-            label.native.setWordWrap(True)
+        self.split_label = wrapping_label("split: (shown when a run starts)")
+        self.time_label = wrapping_label()
+        self.forgetting_label = wrapping_label()
         self.table = QTableWidget(len(METRICS), 3)
         self.table.setHorizontalHeaderLabels(["before", "now", "kept"])
         self.table.setVerticalHeaderLabels(list(METRICS))

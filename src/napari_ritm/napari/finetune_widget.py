@@ -38,6 +38,7 @@ from napari.utils.notifications import notification_manager, show_error, show_in
 
 from napari_ritm.errors import RitmError
 from napari_ritm.napari.finetune_report import ReportPanel
+from napari_ritm.napari.qt_parts import wrapping_label
 from napari_ritm.napari.training_job import (
     DockLifecycle,
     LayerWatch,
@@ -184,8 +185,7 @@ class FinetuneWidget(Container):
         self.stop = PushButton(text="Stop", enabled=False)
         self.resume = PushButton(text="Resume", visible=False)
         self.revert = PushButton(text="Revert to previous model", enabled=False)
-        self.status = Label(value="idle")
-        self.status.native.setWordWrap(True)
+        self.status = wrapping_label("idle")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.report = ReportPanel()
         self.extend([
