@@ -2,10 +2,12 @@
 
     python scripts/accuracy_tables.py runs/accuracy
     python scripts/accuracy_tables.py runs/accuracy-v2 runs/accuracy-v1   # models side by side
+    python scripts/accuracy_tables.py runs/accuracy-v2 runs/accuracy-v1 --plot docs/images/miou.png
 
 One row per predictor for every ``<set>.json`` written by ``napari-ritm evaluate --json``: the
 model of each folder, in the order given, then the GrabCut baseline (from the first folder that
 ran it on that set). With several folders, a set is printed where any of them has it.
+``--plot`` also draws mIoU against clicks, one panel per set, the same curves as the rows.
 """
 
 from __future__ import annotations
@@ -48,9 +50,39 @@ def summaries_by_set(folders: list[Path]) -> dict[str, list[dict]]:
     return dict(sorted(found.items()))
 
 
+def plot_curves(by_set: dict[str, list[dict]], path: Path) -> Path:
+    """mIoU@k against k, one panel per data set: each model's curve, then GrabCut's (dashed)."""
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(by_set))
+    rows_ = math.ceil(len(by_set) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.3 * rows_), dpi=110)
+    FigureCanvasAgg(fig)
+    for i, (name, summaries) in enumerate(by_set.items()):
+        ax = fig.add_subplot(rows_, cols, i + 1)
+        curves = [(s["model"], s["miou_at_k"], "-") for s in summaries]
+        baseline = next((s["baseline"] for s in summaries if s.get("baseline")), None)
+        if baseline is not None:
+            curves.append(("GrabCut baseline", baseline["miou_at_k"], "--"))
+        for label, miou, style in curves:
+            ax.plot(range(1, len(miou) + 1), miou, style, marker="o", markersize=2.5, label=label)
+        n = summaries[0]["n_samples"]
+        ax.set(title=f"{name} ({n} objects)", xlabel="clicks", ylabel="mIoU", ylim=(0.0, 1.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+", metavar="folder")
+    parser.add_argument("--plot", type=Path, default=None, help="also save mIoU-vs-clicks curves")
     args = parser.parse_args()
     for folder in args.folders:
         if not folder.is_dir() or not any(
@@ -64,9 +96,12 @@ def main() -> None:
     ks = " | ".join(f"mIoU@{k}" for k in KS)
     print(f"| data | predictor | n | NoC@85 | NoC@90 | ≥20@90 | {ks} | s/click |")
     print("|---" * (7 + len(KS)) + "|")
-    for name, summaries in summaries_by_set(args.folders).items():
+    by_set = summaries_by_set(args.folders)
+    for name, summaries in by_set.items():
         for line in set_rows(name, summaries):
             print(line)
+    if args.plot is not None:
+        print(f"\nplot written to {plot_curves(by_set, args.plot)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

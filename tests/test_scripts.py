@@ -143,7 +143,8 @@ def test_accuracy_tables_put_models_side_by_side(tmp_path: Path) -> None:
     (new / "EM.samples.json").write_text("[]")  # per-object files are not tables
     (old / "EM.json").write_text(json.dumps(_summary("nuclei", 5.5, [0.6, 0.7, 0.8])))
     (old / "HE.json").write_text(json.dumps(_summary("nuclei", 12.0, [0.4, 0.5, 0.6], grabcut)))
-    proc = _run(SCRIPTS / "accuracy_tables.py", new, old)
+    plot = tmp_path / "curves.png"
+    proc = _run(SCRIPTS / "accuracy_tables.py", new, old, "--plot", plot)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[2:] == [
@@ -153,6 +154,10 @@ def test_accuracy_tables_put_models_side_by_side(tmp_path: Path) -> None:
         "| HE | nuclei | 4 | 12.00 | 13.00 | 1 | 0.400 | 0.600 | - | - | - | 0.25 |",
         "|  | GrabCut baseline | 4 | 9.00 | 10.00 | 1 | 0.500 | 0.700 | - | - | - | 0.25 |",
     ]
+    from PIL import Image
+
+    with Image.open(plot) as image:  # one panel per set: 2 side by side (4.2 x 3.3 in, 110 dpi)
+        assert image.format == "PNG" and image.size == (924, 363)
     # a folder without summaries is refused, even beside a good one
     empty = tmp_path / "empty"
     empty.mkdir()
