@@ -323,6 +323,47 @@ def test_budgeted_run_keeps_its_plan_and_ends_at_the_budget(
 
 
 @pytest.mark.slow
+def test_time_the_plan_leaves_over_goes_to_more_steps(
+    data_dir, tmp_path, monkeypatch, tiny_checkpoint
+):
+    """Steps cost 1 s until the plan is fixed, then 0.8 s (the warm-up was slow); validations 5 s.
+
+    The plan (9 s spent, 1 s/step) for a 25 s budget is 1 epoch of 15 steps, done at 17.8 s:
+    the last epoch goes on while a step fits before its validation (elapsed + ~0.82 s + 5 s
+    <= 25 s): 2 more steps, to 19.4 s, then the validation: 24.4 s of the 25.
+    """
+    from napari_ritm_training import budgeted, trainer
+    from napari_ritm_training.trainer import Trainer, run_finetune
+
+    clock = FakeClock()
+    fake_time = types.SimpleNamespace(perf_counter=clock.perf_counter)
+    monkeypatch.setattr(budgeted, "time", fake_time)
+    monkeypatch.setattr(trainer, "time", fake_time)
+    real_step, real_validate = Trainer.train_step, Trainer.validate
+
+    def train_step(self, step):
+        clock.now += 1.0 if self.plan is None else 0.8
+        return real_step(self, step)
+
+    def validate(self, epoch):
+        clock.now += 5.0
+        return real_validate(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    out = tmp_path / "run"
+    run_finetune(_config(data_dir, out, tiny_checkpoint, time_budget_s=25.0))
+
+    plan = json.loads((out / "config.json").read_text())["plan"]
+    assert (plan["epochs"], plan["iters_per_epoch"], plan["total_steps"]) == (1, 15, 15)
+    assert plan["ended_by_budget"] is False  # the plan's steps all ran
+    assert plan["steps_done"] == 17
+    assert plan["used_s"] == pytest.approx(24.4)  # within the budget, less than a step left
+    rows = json.loads((out / "log.json").read_text())
+    assert rows[-1]["step"] == plan["steps_done"] and rows[-1]["val_noc85"] is not None
+
+
+@pytest.mark.slow
 def test_tiny_budget_runs_the_warm_up_only_and_registers(
     data_dir, tmp_path, monkeypatch, tiny_checkpoint
 ):

@@ -4,8 +4,9 @@
 (timing the validation and the log writes), runs :data:`~.budget.WARMUP_STEPS` training steps
 (timing them and a checkpoint write) and fixes the :class:`~.budget.BudgetPlan`, which then
 replaces the run's ``epochs``, ``iters_per_epoch`` and ``milestones``. During the loop,
-:func:`step_fits` says whether one more step fits and :func:`after_step` keeps the timing and
-drops the learning rate at the plan's step. The plan is stored in ``resume.pth``; a resumed run
+:func:`step_fits` says whether one more step fits, :func:`extends` lets the last epoch use
+time the plan left over, and :func:`after_step` keeps the timing and drops the learning rate at
+the plan's step. The plan is stored in ``resume.pth``; a resumed run
 keeps it and the time already used.
 """
 
@@ -21,7 +22,7 @@ from .budget import WARMUP_STEPS, BudgetPlan, make_plan
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["after_step", "apply_drop", "elapsed", "start", "step_fits"]
+__all__ = ["after_step", "apply_drop", "elapsed", "extends", "start", "step_fits"]
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,42 @@ def start(trainer: Trainer) -> BudgetPlan:
 
 
 def step_fits(trainer: Trainer, epoch: int) -> bool:
-    """Whether one more step fits in the budget; False marks the run as ended by the budget."""
+    """Whether one more step fits in the budget.
+
+    False before the plan's last step marks the run as ended by the budget.
+    """
     plan = trainer.plan
     assert plan is not None
     fits = plan.time_left_for_step(elapsed(trainer), trainer.step_seconds, epoch)
-    if not fits:
+    if fits:
+        return True
+    if trainer.steps_done < plan.total_steps:
         plan.ended_by_budget = True
         log.info("time budget reached after %d of %d steps", trainer.steps_done, plan.total_steps)
-    return fits
+    else:
+        log.info(
+            "time budget used: %d steps (%d planned, %d more in the time left)",
+            trainer.steps_done, plan.total_steps, trainer.steps_done - plan.total_steps,
+        )  # fmt: skip
+    return False
+
+
+def extends(trainer: Trainer, epoch: int, iteration: int) -> bool:
+    """Whether the last epoch of a budgeted run goes on past its planned steps.
+
+    The plan fixes the steps from the warm-up's step time; when the later steps are faster
+    (the warm-up pays first-call costs, or the machine got quieter), time would be left at the
+    end. The last epoch then keeps taking steps, at the dropped learning rate, until
+    :func:`step_fits` says no more fit before its validation: the budget buys every step it
+    can. Single-process runs only (the ranks of a distributed run would have to agree).
+    """
+    cfg = trainer.config
+    return (
+        trainer.plan is not None
+        and trainer.world_size == 1
+        and epoch == cfg.epochs - 1
+        and iteration >= cfg.iters_per_epoch
+    )
 
 
 def after_step(trainer: Trainer, seconds: float) -> None:

@@ -368,13 +368,14 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 it = self.start_iter if resumed else 0
                 stopped = False
-                while it < ipe:
+                while it < ipe or budgeted.extends(self, epoch, it):
                     if self._stop_requested():
                         stopped = True
                         break
                     if self.plan is not None and not budgeted.step_fits(self, epoch):
                         short = True  # the budget ends this epoch early; it is still validated
                         break
+                    self._total = max(self._total, self._done + 1)  # past the plan: extends
                     step_start = time.perf_counter()
                     parts = self.train_step(epoch * ipe + it)
                     it += 1
@@ -391,7 +392,7 @@ class Trainer:
                         self.step_seconds = per_step
                     self.progress_message(
                         reporting.step_message(
-                            epoch + 1, cfg.epochs, it, ipe, parts["loss"], per_step,
+                            epoch + 1, cfg.epochs, it, max(ipe, it), parts["loss"], per_step,
                             self._remaining(per_step),
                         )
                     )  # fmt: skip
