@@ -253,6 +253,30 @@ class FakeClock:
         return self.now
 
 
+def fake_timing(monkeypatch: pytest.MonkeyPatch, step_after_plan: float) -> FakeClock:
+    """Steps cost 1 s until the plan is fixed, then ``step_after_plan``; validations 5 s."""
+    from napari_ritm_training import budgeted, trainer
+    from napari_ritm_training.trainer import Trainer
+
+    clock = FakeClock()
+    fake_time = types.SimpleNamespace(perf_counter=clock.perf_counter)
+    monkeypatch.setattr(budgeted, "time", fake_time)
+    monkeypatch.setattr(trainer, "time", fake_time)
+    real_step, real_validate = Trainer.train_step, Trainer.validate
+
+    def train_step(self, step):
+        clock.now += 1.0 if self.plan is None else step_after_plan
+        return real_step(self, step)
+
+    def validate(self, epoch):
+        clock.now += 5.0
+        return real_validate(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    return clock
+
+
 @pytest.mark.slow
 def test_budgeted_run_keeps_its_plan_and_ends_at_the_budget(
     data_dir, tmp_path, monkeypatch, tiny_checkpoint
@@ -262,27 +286,11 @@ def test_budgeted_run_keeps_its_plan_and_ends_at_the_budget(
     Plan at 9 s (validation 5 + 4 warm-up steps) for a 25 s budget: 1 epoch of 15 steps. The
     slower steps make the budget, not the plan, end the run; the epoch is still validated.
     """
-    from napari_ritm_training import budgeted, trainer
-    from napari_ritm_training.trainer import Trainer, run_finetune
+    from napari_ritm_training.trainer import run_finetune
 
     from napari_ritm.model import load_checkpoint
 
-    clock = FakeClock()
-    fake_time = types.SimpleNamespace(perf_counter=clock.perf_counter)
-    monkeypatch.setattr(budgeted, "time", fake_time)
-    monkeypatch.setattr(trainer, "time", fake_time)
-    real_step, real_validate = Trainer.train_step, Trainer.validate
-
-    def train_step(self, step):
-        clock.now += 1.0 if self.plan is None else 3.0
-        return real_step(self, step)
-
-    def validate(self, epoch):
-        clock.now += 5.0
-        return real_validate(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
-    monkeypatch.setattr(Trainer, "validate", validate)
+    fake_timing(monkeypatch, step_after_plan=3.0)
     reports: list[TrainingReport] = []
     out = tmp_path / "run"
     cfg = _config(data_dir, out, tiny_checkpoint, time_budget_s=25.0)
@@ -332,25 +340,9 @@ def test_time_the_plan_leaves_over_goes_to_more_steps(
     the last epoch goes on while a step fits before its validation (elapsed + ~0.82 s + 5 s
     <= 25 s): 2 more steps, to 19.4 s, then the validation: 24.4 s of the 25.
     """
-    from napari_ritm_training import budgeted, trainer
-    from napari_ritm_training.trainer import Trainer, run_finetune
+    from napari_ritm_training.trainer import run_finetune
 
-    clock = FakeClock()
-    fake_time = types.SimpleNamespace(perf_counter=clock.perf_counter)
-    monkeypatch.setattr(budgeted, "time", fake_time)
-    monkeypatch.setattr(trainer, "time", fake_time)
-    real_step, real_validate = Trainer.train_step, Trainer.validate
-
-    def train_step(self, step):
-        clock.now += 1.0 if self.plan is None else 0.8
-        return real_step(self, step)
-
-    def validate(self, epoch):
-        clock.now += 5.0
-        return real_validate(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
-    monkeypatch.setattr(Trainer, "validate", validate)
+    fake_timing(monkeypatch, step_after_plan=0.8)
     out = tmp_path / "run"
     run_finetune(_config(data_dir, out, tiny_checkpoint, time_budget_s=25.0))
 
