@@ -119,6 +119,19 @@ class TimedPredictor:
         return probs
 
 
+def parse_config(config: str) -> tuple[str, str, bool]:
+    """``"PRESET:PRECISION[:noflip]"`` -> (preset, precision, flip).
+
+    Raises:
+        ValueError: ``config`` is not of that form.
+    """
+    preset, _, rest = config.partition(":")
+    precision, _, option = rest.partition(":")
+    if preset not in ("evaluation", "interactive") or not precision or option not in ("", "noflip"):
+        raise ValueError(f"{config!r} is not PRESET:PRECISION[:noflip]")
+    return preset, precision, option != "noflip"
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Evaluate every configuration on every set; one row per (set, config)."""
     import torch
@@ -134,13 +147,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name in args.sets:
             samples = load_samples(name, args.per_set, args.max_per_image, Path(tmp))
             for config in args.configs:
-                preset, precision, *options = config.split(":")
+                preset, precision, flip = parse_config(config)
                 session = ClickSession(
-                    model,
-                    preset=preset,
-                    precision=precision,
-                    flip="noflip" not in options,
-                    device="cpu",
+                    model, preset=preset, precision=precision, flip=flip, device="cpu"
                 )
                 timed = TimedPredictor(session)
                 report = evaluate_dataset(
@@ -216,14 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     for config in args.configs:
-        preset, _, rest = config.partition(":")
-        precision, _, option = rest.partition(":")
-        if (
-            preset not in ("evaluation", "interactive")
-            or not precision
-            or option not in ("", "noflip")
-        ):
-            p.error(f"--configs: {config!r} is not PRESET:PRECISION[:noflip]")
+        try:
+            parse_config(config)
+        except ValueError as exc:
+            p.error(f"--configs: {exc}")
     start = time.perf_counter()
     rows = run(args)
     print(format_table(rows))

@@ -31,22 +31,31 @@ def row(label: str, name: str, summary: dict) -> str:
     )
 
 
+def first_baseline(summaries: list[dict]) -> dict | None:
+    """The GrabCut baseline of the first summary that ran it, else None."""
+    return next((s["baseline"] for s in summaries if s.get("baseline")), None)
+
+
 def set_rows(name: str, summaries: list[dict]) -> list[str]:
     """Rows of one data set: each folder's model, then the first GrabCut baseline found."""
     out = [row(name if i == 0 else "", s["model"], s) for i, s in enumerate(summaries)]
-    baseline = next((s["baseline"] for s in summaries if s.get("baseline")), None)
+    baseline = first_baseline(summaries)
     if baseline is not None:
         out.append(row("", "GrabCut baseline", baseline))
     return out
+
+
+def summary_files(folder: Path) -> list[Path]:
+    """The ``<set>.json`` summaries of a folder (not the per-object ``.samples.json``)."""
+    return [p for p in sorted(folder.glob("*.json")) if not p.name.endswith(".samples.json")]
 
 
 def summaries_by_set(folders: list[Path]) -> dict[str, list[dict]]:
     """``{set name: [summary of each folder that has it, in folder order]}``, sets sorted."""
     found: dict[str, list[dict]] = {}
     for folder in folders:
-        for path in sorted(folder.glob("*.json")):
-            if not path.name.endswith(".samples.json"):
-                found.setdefault(path.stem, []).append(json.loads(path.read_text()))
+        for path in summary_files(folder):
+            found.setdefault(path.stem, []).append(json.loads(path.read_text()))
     return dict(sorted(found.items()))
 
 
@@ -64,7 +73,7 @@ def plot_curves(by_set: dict[str, list[dict]], path: Path) -> Path:
     for i, (name, summaries) in enumerate(by_set.items()):
         ax = fig.add_subplot(rows_, cols, i + 1)
         curves = [(s["model"], s["miou_at_k"], "-") for s in summaries]
-        baseline = next((s["baseline"] for s in summaries if s.get("baseline")), None)
+        baseline = first_baseline(summaries)
         if baseline is not None:
             curves.append(("GrabCut baseline", baseline["miou_at_k"], "--"))
         for label, miou, style in curves:
@@ -85,9 +94,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=None, help="also save mIoU-vs-clicks curves")
     args = parser.parse_args()
     for folder in args.folders:
-        if not folder.is_dir() or not any(
-            not p.name.endswith(".samples.json") for p in folder.glob("*.json")
-        ):
+        if not folder.is_dir() or not summary_files(folder):
             what = "has no <set>.json files" if folder.is_dir() else "does not exist"
             sys.exit(
                 f"accuracy_tables.py: error: {folder} {what}; run "

@@ -35,6 +35,7 @@ __all__ = [
     "compute_normalization",
     "normalize_crop",
     "normalize_planes",
+    "percentile_limits",
     "percentiles_from_metadata",
     "prepare_image",
     "resolve_normalization",
@@ -186,7 +187,8 @@ def _check_finite(values: np.ndarray) -> None:
         )
 
 
-def _percentile_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+def percentile_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The (low, high) percentiles of ``values``, on a regular subsample of very large arrays."""
     flat = values.reshape(-1)
     if flat.size > _PERCENTILE_MAX_VALUES:
         step = int(np.ceil(flat.size / _PERCENTILE_MAX_VALUES))
@@ -227,7 +229,7 @@ def _make_normalization(
         raise ImageFormatError(
             f"percentiles must satisfy 0 <= low < high <= 100, got ({p_low}, {p_high})"
         )
-    low, high = _percentile_limits(values, (p_low, p_high))
+    low, high = percentile_limits(values, (p_low, p_high))
     return Normalization(
         low, high, "percentile", channel=channel, layout=layout, percentiles=(p_low, p_high)
     )

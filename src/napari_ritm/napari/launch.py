@@ -163,15 +163,15 @@ def show_stretched(layer: Any, percentiles: tuple[float, float] | None = None) -
     """
     import numpy as np
 
-    from napari_ritm.inference.preprocess import DEFAULT_PERCENTILES
+    from napari_ritm.inference.preprocess import DEFAULT_PERCENTILES, percentile_limits
 
     if getattr(layer, "rgb", False) or getattr(layer, "multiscale", False):
         return False
     data = layer.data
-    plane = int(np.prod(data.shape[-2:]))
-    step = max(1, int(np.ceil((data.size / _DISPLAY_SAMPLE) ** 0.5))) if plane > 1 else 1
+    # subsample rows and columns before reading, so that a lazy (dask) image is read sparsely
+    step = max(1, int(np.ceil((data.size / _DISPLAY_SAMPLE) ** 0.5)))
     sample = np.asarray(data[..., ::step, ::step], dtype=np.float64)
-    low, high = (float(v) for v in np.percentile(sample, percentiles or DEFAULT_PERCENTILES))
+    low, high = percentile_limits(sample, percentiles or DEFAULT_PERCENTILES)
     if not high > low:
         return False
     layer.contrast_limits = (low, high)
