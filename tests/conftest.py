@@ -114,3 +114,18 @@ def warnings_seen(monkeypatch) -> list[str]:
     seen: list[str] = []
     monkeypatch.setattr("napari_ritm.napari.controls.show_warning", seen.append)
     return seen
+
+
+@pytest.fixture
+def plain_viewer_app(mock_app_model):
+    """A fresh napari app model for a test that opens ``napari.Viewer`` itself (as the launcher
+    does) rather than through ``make_napari_viewer``.
+
+    Without it such a viewer registers the plugin's commands in napari's process-wide app; once
+    a ``make_napari_viewer`` test has cleared napari's plugin-initialization cache, the next plain
+    viewer registers them a second time and napari raises "Command ... already registered".
+    """
+    from napari.plugins import _initialize_plugins
+
+    _initialize_plugins.cache_clear()  # register the plugin's commands in this fresh app
+    return mock_app_model

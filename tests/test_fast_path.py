@@ -17,6 +17,7 @@ from conftest import REPO_ROOT, load_npz
 
 from napari_ritm.errors import RitmError
 from napari_ritm.inference.clicks import Click
+from napari_ritm.inference.presets import DEFAULT_THRESHOLD
 from napari_ritm.inference.session import ClickSession
 from napari_ritm.model import ISModel, build_model
 from napari_ritm.model.inference import FastISModel, fold_batchnorm
@@ -149,8 +150,16 @@ def test_fast_session_matches_eager_session(tiny_model):
     assert sessions["eager"]._net is tiny_model
     for fast, eager in zip(probs["fast"], probs["eager"], strict=True):
         assert fast.shape == eager.shape == (160, 200)
-        # random weights give steep logits; the reference session test bounds this by 2e-3 too
-        assert np.abs(fast - eager).max() <= 2e-3
+        # Folding BatchNorm rounds differently; random weights give steep logits, so the largest
+        # difference (at the object's edge) depends on the CPU's kernels: 2.0e-3 on an AVX2 EPYC.
+        diff = np.abs(fast - eager)
+        assert diff.max() <= 5e-3
+        assert diff.mean() <= 2e-5
+        # the masks agree wherever the reference is not within that rounding of the threshold
+        decided = np.abs(eager - DEFAULT_THRESHOLD) > 5e-3
+        assert np.array_equal(
+            (fast > DEFAULT_THRESHOLD)[decided], (eager > DEFAULT_THRESHOLD)[decided]
+        )
 
 
 # -- window mode ---------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def test_a_large_image_is_sampled_for_its_display_limits() -> None:
 
 
 @pytest.mark.gui
-def test_view_shows_an_opened_file_stretched(qtbot, tmp_path: Path) -> None:
+def test_view_shows_an_opened_file_stretched(qtbot, tmp_path: Path, plain_viewer_app) -> None:
     import tifffile
 
     from napari_ritm.napari.launch import open_viewer

@@ -354,7 +354,7 @@ def test_keys_do_not_clash_with_napari_defaults(make_widget, image2d):
     assert len(widget.current_clicks()) == 2
 
 
-def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch):
+def test_launch_opens_sample_with_widget_docked(qtbot, monkeypatch, plain_viewer_app):
     from napari_ritm.napari import commands as _commands
     from napari_ritm.napari.launch import build_parser, open_viewer
 
