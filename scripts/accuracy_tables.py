@@ -8,6 +8,8 @@ One row per predictor for every ``<set>.json`` written by ``napari-ritm evaluate
 model of each folder, in the order given, then the GrabCut baseline (from the first folder that
 ran it on that set). With several folders, a set is printed where any of them has it.
 ``--plot`` also draws mIoU against clicks, one panel per set, the same curves as the rows.
+Where every folder has two or more of the same sets, a last "all (pooled)" block gives each
+model's and the baseline's scores over all those objects together (the mixed held-out set).
 """
 
 from __future__ import annotations
@@ -43,6 +45,39 @@ def set_rows(name: str, summaries: list[dict]) -> list[str]:
     if baseline is not None:
         out.append(row("", "GrabCut baseline", baseline))
     return out
+
+
+def pooled(summaries: list[dict]) -> dict:
+    """One summary over the objects of several: every score is a per-object mean (or a count),
+    so the pooled value is the mean weighted by ``n_samples`` (the failures are summed)."""
+    n = [s["n_samples"] for s in summaries]
+    total = sum(n)
+
+    def mean(values: list[float]) -> float:
+        return sum(v * w for v, w in zip(values, n, strict=True)) / total
+
+    k_max = min(len(s["miou_at_k"]) for s in summaries)
+    return {
+        "model": summaries[0]["model"],
+        "n_samples": total,
+        "noc85": mean([s["noc85"] for s in summaries]),
+        "noc90": mean([s["noc90"] for s in summaries]),
+        "failures90": sum(s["failures90"] for s in summaries),
+        "miou_at_k": [mean([s["miou_at_k"][k] for s in summaries]) for k in range(k_max)],
+        "seconds_per_click": mean([s["seconds_per_click"] for s in summaries]),
+    }
+
+
+def pooled_rows(by_set: dict[str, list[dict]], n_folders: int) -> list[str]:
+    """The "all (pooled)" block over the sets every folder has (none if fewer than two)."""
+    common = [summaries for summaries in by_set.values() if len(summaries) == n_folders]
+    if len(common) < 2:
+        return []
+    per_folder = [pooled([summaries[i] for summaries in common]) for i in range(n_folders)]
+    baselines = [first_baseline(summaries) for summaries in common]
+    if all(b is not None for b in baselines):
+        per_folder[0]["baseline"] = pooled(baselines)
+    return set_rows(f"all {len(common)} sets (pooled)", per_folder)
 
 
 def summary_files(folder: Path) -> list[Path]:
@@ -107,6 +142,8 @@ def main() -> None:
     for name, summaries in by_set.items():
         for line in set_rows(name, summaries):
             print(line)
+    for line in pooled_rows(by_set, len(args.folders)):
+        print(line)
     if args.plot is not None:
         print(f"\nplot written to {plot_curves(by_set, args.plot)}", file=sys.stderr)
 

@@ -165,6 +165,30 @@ def test_accuracy_tables_put_models_side_by_side(tmp_path: Path) -> None:
     assert proc.returncode == 1 and f"{empty} has no <set>.json files" in proc.stderr
 
 
+def test_accuracy_tables_pool_the_sets_every_folder_has(tmp_path: Path) -> None:
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir(), old.mkdir()
+    em_base, he_base = _summary("grabcut", 9.0, [0.5, 0.6]), _summary("grabcut", 17.0, [0.1, 0.2])
+    he_base["n_samples"] = 12
+    (new / "EM.json").write_text(json.dumps(_summary("cells", 3.0, [0.7, 0.9], em_base)))
+    he_new = _summary("cells", 7.0, [0.3, 0.5, 0.6], he_base)
+    he_new["n_samples"] = 12
+    (new / "HE.json").write_text(json.dumps(he_new))
+    (new / "DAVIS.json").write_text(json.dumps(_summary("cells", 15.0, [0.2, 0.3])))  # new only
+    (old / "EM.json").write_text(json.dumps(_summary("nuclei", 5.0, [0.6, 0.8])))
+    he_old = _summary("nuclei", 13.0, [0.4, 0.6])
+    he_old["n_samples"] = 12
+    (old / "HE.json").write_text(json.dumps(he_old))
+    proc = _run(SCRIPTS / "accuracy_tables.py", new, old)
+    assert proc.returncode == 0, proc.stderr
+    # 4 + 12 objects: NoC (3*4 + 7*12)/16 = 6.0, mIoU@1 (0.7*4 + 0.3*12)/16 = 0.4; DAVIS left out
+    assert proc.stdout.splitlines()[-3:] == [
+        "| all 2 sets (pooled) | cells | 16 | 6.00 | 7.00 | 2 | 0.400 | - | - | - | - | 0.25 |",
+        "|  | nuclei | 16 | 11.00 | 12.00 | 2 | 0.450 | - | - | - | - | 0.25 |",
+        "|  | GrabCut baseline | 16 | 15.00 | 16.00 | 2 | 0.200 | - | - | - | - | 0.25 |",
+    ]
+
+
 def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DATA": str(tmp_path / "nodata")}
     for script in (
