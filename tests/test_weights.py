@@ -171,6 +171,15 @@ def test_registry_has_the_five_official_files():
     assert official["coco_lvis_h18s_itermask.pth"].name == "hrnet18s.cocolvis_itermask"
 
 
+def test_every_registry_entry_says_what_it_is_for():
+    for spec in WEIGHTS.values():  # one line, shown under the dock's model choice
+        assert spec.use_for and "\n" not in spec.use_for and len(spec.use_for) <= 70, spec.name
+    assert WEIGHTS["napari-ritm.nuclei"].use_for.startswith("fluorescence nuclei")
+    assert {i.name: i.use_for for i in weights.list_weights()}["hrnet18s.cocolvis_itermask"] == (
+        WEIGHTS["hrnet18s.cocolvis_itermask"].use_for
+    )
+
+
 def test_official_urls_and_override(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("NAPARI_RITM_WEIGHTS_URL", raising=False)
     spec = WEIGHTS["hrnet32.cocolvis_itermask"]
@@ -678,6 +687,7 @@ def test_cli_list_and_fetch(server: _Server, cache: Path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert _rows(out)["test.blob"][2] == "cached"
     assert f"    {WEIGHTS[weights.DEFAULT_MODEL].description}" in out.splitlines()
+    assert f"    for: {WEIGHTS[weights.DEFAULT_MODEL].use_for}" in out.splitlines()
 
 
 def test_cli_import(cache: Path, tiny_checkpoint: Path, tmp_path: Path, capsys):

@@ -363,3 +363,19 @@ def test_status_lines_use_the_dock_width_and_wrap_inside_it(make_widget, image2d
     assert widget.native.width() == dock_width  # never widens the dock
     assert status.width() >= 0.95 * field.width()
     assert status.height() > one_line  # it wraps instead
+
+
+def test_model_choice_says_what_the_model_is_for(make_widget, image2d, qtbot):
+    from napari_ritm.weights import DEFAULT_MODEL, WEIGHTS
+    from napari_ritm.weights.registry import NATURAL_IMAGES
+
+    _viewer, _layer, widget = make_widget(image2d)
+    assert widget.model.value == DEFAULT_MODEL
+    assert widget.model_use.value == f"for: {WEIGHTS[DEFAULT_MODEL].use_for}"
+    combo = widget.model.native  # the user picks another entry in the drop-down
+    combo.setCurrentIndex(
+        combo.findText("hrnet18s.cocolvis_itermask", Qt.MatchFlag.MatchStartsWith)
+    )
+    assert widget.model.value == "hrnet18s.cocolvis_itermask"
+    assert widget.model_use.value == f"for: {NATURAL_IMAGES}"
+    qtbot.waitUntil(widget.wait_idle, timeout=WAIT_MS)

@@ -65,6 +65,18 @@ NORMALIZATION_CHOICES = [
 STATUS_CHARS = 90
 
 
+def model_use(name: str | None) -> str:
+    """The "for: ..." line of a model choice: what a registry entry is for, or a file's note."""
+    from napari_ritm.weights import list_weights
+
+    if not name:
+        return ""
+    for info in list_weights():
+        if info.name == name:
+            return f"for: {info.use_for}" if info.use_for else ""
+    return "for: the images its training data resembles (a checkpoint file)"
+
+
 def model_choices() -> list[tuple[str, str]]:
     """(label, registry name) of the known weights, the shipped default first."""
     from napari_ritm.weights import DEFAULT_MODEL, list_weights
@@ -103,6 +115,8 @@ class ControlPanel(Container):
             tooltip="Weights from the registry (official ones download on first use), or a "
             "checkpoint file chosen below",
         )
+        # what the chosen model is for, in one wrapped line (the choices say only names)
+        self.model_use = wrapping_label(model_use(self.model.value))
         self.model_file = FileEdit(label="or checkpoint", mode="r", filter="*.pth *.pt")
         self.device = ComboBox(label="device", choices=device_choices())
         self.load_button = PushButton(text="Load model")
@@ -159,6 +173,7 @@ class ControlPanel(Container):
         self.extend(
             [
                 self.model,
+                self.model_use,
                 self.model_file,
                 self.device,
                 self.load_button,
@@ -187,6 +202,7 @@ class ControlPanel(Container):
         )
         self._keep_focus_out()
         self.model_file.changed.connect(self._on_model_file)
+        self.model.changed.connect(self._on_model)
 
     def _keep_focus_out(self) -> None:
         for widget in self:
@@ -255,6 +271,9 @@ class ControlPanel(Container):
             "precision": str(self.precision.value),
             "preset": str(self.preset.value),
         }
+
+    def _on_model(self, value: Any = None) -> None:
+        self.model_use.value = model_use(None if value is None else str(value))
 
     def _on_model_file(self, _value: Any = None) -> None:
         path = str(self.model_file.value)

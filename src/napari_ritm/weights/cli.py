@@ -97,6 +97,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if info is not None and args.details:
             print(f"    {info.description}")
+            if info.use_for:
+                print(f"    for: {info.use_for}")
             if info.extra.get("train_data"):
                 print(f"    trained on: {info.extra['train_data']}")
             print(f"    file: {info.path}")

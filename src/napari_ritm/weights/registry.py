@@ -46,6 +46,9 @@ DEFAULT_BASE_URL = (
 #: Name of the model used when none is given (a shipped checkpoint).
 DEFAULT_MODEL = "napari-ritm.nuclei"
 
+#: What the official RITM models are for (they were trained on photographs).
+NATURAL_IMAGES = "photographs and everyday objects (the RITM paper's models)"
+
 #: Folder inside the package that holds shipped checkpoints and their records.
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 #: Names users may give imported weights (also keeps them inside the imported folder).
@@ -68,7 +71,8 @@ class WeightsSpec:
         variant: model variant, a key of ``napari_ritm.model.VARIANTS``.
         with_prev_mask: whether the model takes the previous mask as a 4th input channel (ITER-M).
         train_data: data set the weights were trained on.
-        description: one line for listings.
+        description: one line for listings (what the weights are).
+        use_for: one line on what they are for (the images they suit), shown in the dock.
         kind: ``"official"`` (downloaded) or ``"shipped"`` (inside the package).
         sha256: hex digest of the file, or None when no hash is known (official files).
         size: approximate file size as published (for listings only).
@@ -84,6 +88,7 @@ class WeightsSpec:
     with_prev_mask: bool
     train_data: str
     description: str
+    use_for: str = ""
     kind: Literal["official", "shipped"] = "official"
     sha256: str | None = None
     size: str | None = None
@@ -122,6 +127,7 @@ def _official(
     *,
     with_prev_mask: bool = True,
     aliases: tuple[str, ...] = (),
+    use_for: str = NATURAL_IMAGES,
 ) -> WeightsSpec:
     return WeightsSpec(
         name=name,
@@ -130,6 +136,7 @@ def _official(
         with_prev_mask=with_prev_mask,
         train_data=train_data,
         description=description,
+        use_for=use_for,
         size=size,
         # The release assets publish no checksums nor exact sizes (ritm-reference §1.2 gives
         # "16.5 MB"...): these files are verified by a strict load of the right architecture.
@@ -147,7 +154,13 @@ def shipped_record_path(file_name: str) -> Path:
 
 
 def _shipped(
-    name: str, file_name: str, variant: str, *, with_prev_mask: bool, aliases: tuple[str, ...]
+    name: str,
+    file_name: str,
+    variant: str,
+    *,
+    with_prev_mask: bool,
+    aliases: tuple[str, ...],
+    use_for: str,
 ) -> WeightsSpec:
     """A shipped entry; hash, size and texts come from the record written at ship time."""
     record = read_record(shipped_record_path(file_name)) or {}
@@ -159,6 +172,7 @@ def _shipped(
         with_prev_mask=with_prev_mask,
         train_data=str(record.get("train_data", missing)),
         description=str(record.get("description", missing)),
+        use_for=use_for,
         kind="shipped",
         sha256=record.get("sha256"),
         size_bytes=record.get("size_bytes"),
@@ -221,6 +235,7 @@ WEIGHTS: dict[str, WeightsSpec] = {
             "hrnet18s",
             with_prev_mask=True,
             aliases=("default", "nuclei"),
+            use_for="fluorescence nuclei, 2D images and 3D stacks",
         ),
     )
 }
@@ -288,7 +303,8 @@ class WeightsInfo:
         path: where the file is (or will be, once downloaded).
         url: download URL for official weights, else None.
         aliases: other accepted names.
-        description: one line for listings.
+        description: one line for listings (what the weights are).
+        use_for: one line on what they are for ("" when unknown).
         verified_by: how the file is checked: ``"sha256"`` (a recorded hash, checked on every
             load), ``"size + strict load"``, ``"strict load"`` (no published hash: the file
             must load strictly as the promised architecture), or ``"no record"`` (an imported
@@ -305,6 +321,7 @@ class WeightsInfo:
     url: str | None = None
     aliases: tuple[str, ...] = ()
     description: str = ""
+    use_for: str = ""
     verified_by: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -326,6 +343,7 @@ def _registry_info(spec: WeightsSpec) -> WeightsInfo:
         url=spec.download_url(),
         aliases=spec.aliases,
         description=spec.description,
+        use_for=spec.use_for,
         verified_by=spec.verified_by,
         extra={
             "train_data": spec.train_data,
@@ -357,6 +375,7 @@ def _imported_infos() -> list[WeightsInfo]:
                 description=str(
                     record.get("description") or f"imported from {record.get('source', '?')}"
                 ),
+                use_for="your own weights (imported)",
                 verified_by=VERIFIED_SHA256 if has_hash else "no record",
                 extra=record,
             )
