@@ -120,12 +120,34 @@ def test_split_is_by_group_and_seeded(tmp_path):
     assert val == [] and len(train[0].images) == 1
 
 
-def test_benchmark_masks_become_components_with_ignore(shared_data_dir):
+def test_a_benchmark_mask_is_one_object_in_all_its_pieces(tmp_path):
+    # evaluation scores the whole mask as one object (a DAVIS person cut in two by a pole), so
+    # training must not learn its pieces as separate objects
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:30, 5:25] = 255
+    mask[35:55, 50:75] = 255  # a second piece of the same object
+    tifffile.imwrite(tmp_path / "images" / "a.tif", np.full((60, 80, 3), 90, np.uint8))
+    tifffile.imwrite(tmp_path / "masks" / "a.tif", mask)
+    grabcut = np.where(mask > 0, 255, 0).astype(np.uint8)
+    grabcut[30:35, 5:25] = 128  # GrabCut's unsure band
+    tifffile.imwrite(tmp_path / "images" / "b.tif", np.full((60, 80, 3), 90, np.uint8))
+    tifffile.imwrite(tmp_path / "masks" / "b.tif", grabcut)
+    data = load_folder(tmp_path)
+    one, band = data.images
+    assert one.n_objects == 1 and sorted(np.unique(one.labels)) == [0, 1]
+    np.testing.assert_array_equal(one.labels == 1, mask > 0)
+    assert band.n_objects == 1 and sorted(np.unique(band.labels)) == [-1, 0, 1]
+    assert (band.labels[30:35, 5:25] == -1).all()
+
+
+def test_benchmark_masks_keep_grabcuts_ignore_band(shared_data_dir):
     data = load_folder(shared_data_dir / "benchmarks" / "GrabCut")
     im = data.images[0]
     assert im.image.shape[2] == 3
-    assert (im.labels == -1).any() or (im.labels >= 0).all()
-    assert im.labels.max() >= 1
+    assert all(d.n_objects == 1 for d in data.images)
+    assert any((d.labels == -1).any() for d in data.images)
 
 
 def test_from_arrays_rgb_and_stack():
