@@ -1,6 +1,9 @@
 """Copy a trained checkpoint into the package as the default model, in half precision.
 
+    python scripts/ship_default_model.py runs/default-v2/last.pth --stages runs/default-v2 \
+        --reproduce "bash scripts/train_default_model_v2.sh" --scores runs/accuracy-v2/*.json
     python scripts/ship_default_model.py runs/default-nuclei-stage2/last.pth \
+        --dest src/napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth \
         --stages runs/default-nuclei runs/default-nuclei-stage2 --scores runs/accuracy/*.json
 
 The file keeps the official format plus its training metadata (command, data, split, seed,
@@ -9,10 +12,11 @@ stage's command, epochs, steps and time under ``metadata["training"]`` (the mode
 stages, scripts/train_default_model.sh), and ``--scores`` adds the summaries of
 ``napari-ritm evaluate --json`` runs under ``metadata["scores"]``.
 
-Beside the checkpoint it writes its record ``nuclei_hrnet18s.json`` (sha256, size, architecture,
-and the listing texts generated from the metadata: what it was trained on and from what start),
-which ``napari-ritm weights list`` shows and every load checks. ``--record-only`` rewrites the
-record of the checkpoint already at ``--dest`` without changing the checkpoint.
+Beside the checkpoint (``--dest``, default: the default model's ``cells_hrnet18s.pth``) it writes
+its record ``<stem>.json`` (sha256, size, architecture, and the listing texts generated from the
+metadata: what it was trained on and from what start), which ``napari-ritm weights list`` shows
+and every load checks. ``--record-only`` rewrites the record of the checkpoint already at
+``--dest`` without changing the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from napari_ritm.model import load_checkpoint, save_checkpoint
 from napari_ritm.weights.shipping import write_shipped_record
 
 DEST = (
-    Path(__file__).resolve().parents[1] / "src/napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth"
+    Path(__file__).resolve().parents[1] / "src/napari_ritm/weights/checkpoints/cells_hrnet18s.pth"
 )
 
 

@@ -17,7 +17,8 @@ from napari_ritm.inference.clicks import iou
 from napari_ritm.inference.session import ClickSession
 from napari_ritm.model import load_checkpoint
 
-DEFAULT_FILE = "nuclei_hrnet18s.pth"
+DEFAULT_FILE = "cells_hrnet18s.pth"
+NUCLEI_FILE = "nuclei_hrnet18s.pth"
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,13 @@ def default_checkpoint() -> Path:
 def test_default_model_file_is_in_the_package():
     shipped = files("napari_ritm.weights").joinpath("checkpoints", DEFAULT_FILE)
     assert shipped.is_file(), f"{shipped} is missing: the package must ship its default model"
-    assert weights.DEFAULT_MODEL == "napari-ritm.nuclei"
-    for name in (weights.DEFAULT_MODEL, "default", "nuclei"):
+    assert weights.DEFAULT_MODEL == "napari-ritm.cells"
+    for name in (weights.DEFAULT_MODEL, "default", "cells"):
         resolved = weights.resolve_weights(name, download=False)
         assert resolved.name == DEFAULT_FILE and resolved.samefile(Path(str(shipped))), name
+    # the nuclei model (v1) still ships, under its own name
+    for name in ("napari-ritm.nuclei", "nuclei"):
+        assert weights.resolve_weights(name, download=False).name == NUCLEI_FILE, name
 
 
 def test_default_checkpoint_is_small_strict_and_documented(default_checkpoint):

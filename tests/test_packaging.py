@@ -15,7 +15,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIST_NAME = "napari-ritm"
-DEFAULT_MODEL_FILE = REPO_ROOT / "src/napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth"
+DEFAULT_MODEL_FILE = REPO_ROOT / "src/napari_ritm/weights/checkpoints/cells_hrnet18s.pth"
 
 
 def _manifest():
@@ -57,7 +57,7 @@ def test_wheel_contents(wheel: Path):
         names = set(zf.namelist())
         manifest_text = zf.read("napari_ritm/napari.yaml").decode()
         default_model_size = next(
-            (i.file_size for i in zf.infolist() if i.filename.endswith("/nuclei_hrnet18s.pth")), -1
+            (i.file_size for i in zf.infolist() if i.filename.endswith("/cells_hrnet18s.pth")), -1
         )
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points_text = zf.read(entry_points).decode()
@@ -71,7 +71,8 @@ def test_wheel_contents(wheel: Path):
     assert "napari-ritm = napari_ritm.cli:main" in entry_points_text
     assert "napari-ritm-finetune = napari_ritm_training.cli:main" in entry_points_text
     # The default model travels with the package, whole (the plugin's first click needs it).
-    default = "napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth"
+    default = "napari_ritm/weights/checkpoints/cells_hrnet18s.pth"
+    assert "napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth" in names  # still offered
     assert default in names, f"{default} is not in the wheel"
     assert default_model_size == DEFAULT_MODEL_FILE.stat().st_size
     # Nothing that should stay out of a wheel.

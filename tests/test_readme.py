@@ -68,9 +68,10 @@ def test_weights_list_shows_the_shipped_default(tmp_path: Path) -> None:
     proc = _run([str(BIN / "napari-ritm"), *args], tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["napari-ritm.cells"][:3] == ["napari-ritm.cells", "hrnet18s", "shipped"]
     assert rows["napari-ritm.nuclei"][:3] == ["napari-ritm.nuclei", "hrnet18s", "shipped"]
     assert rows["hrnet18s.cocolvis_itermask"][2:4] == ["not", "downloaded"]
-    assert "default model: napari-ritm.nuclei" in proc.stdout
+    assert "default model: napari-ritm.cells" in proc.stdout
     assert proc.stdout.startswith(f"cache folder: {tmp_path / 'cache'}")
 
 

@@ -200,6 +200,10 @@ def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:
         assert proc.returncode == 2, script
         assert proc.stderr.startswith(f"{script}: error: ")
         assert f"{tmp_path / 'nodata' / 'microscopy'} not found" in proc.stderr, script
+    # v3 is v2's recipe continued: it runs v2's script, which names itself in the error
+    proc = _run(SCRIPTS / "train_default_model_v3.sh", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("train_default_model_v2.sh: error: ")
 
 
 def test_pack_run_missing_run_folder_fails(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def test_defaults_are_a_real_labels_layer_and_the_shipped_model(make_napari_view
     assert widget.labels_layer.choices == ("nuclei",)
     assert widget.labels_layer.value == "nuclei"
     assert widget.image_layer.value == "cells"
-    assert widget.start_from.value == DEFAULT_MODEL == "napari-ritm.nuclei"
+    assert widget.start_from.value == DEFAULT_MODEL == "napari-ritm.cells"
     assert widget.make_config().from_weights == DEFAULT_MODEL
 
     # a second preview gets napari's " [1]" suffix; it is still not offered

@@ -24,8 +24,7 @@ from napari_ritm.weights import registry as registry_module
 from napari_ritm.weights.shipping import describe_training, shipped_record
 
 OFFICIAL_BASE = "https://github.com/saic-vul/ritm_interactive_segmentation/releases/download/v1.0/"
-SHIPPED = registry_module.CHECKPOINT_DIR / "nuclei_hrnet18s.pth"
-SHIPPED_RECORD = registry_module.CHECKPOINT_DIR / "nuclei_hrnet18s.json"
+SHIPPED = registry_module.CHECKPOINT_DIR / "cells_hrnet18s.pth"  # the default model
 HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>proxy</body></html>\n"
 
 
@@ -204,7 +203,9 @@ def test_official_urls_and_override(monkeypatch: pytest.MonkeyPatch):
         ("sbd_h18_itermask", "hrnet18.sbd_itermask"),
         ("coco_lvis_h18_baseline", "hrnet18.cocolvis_baseline"),
         ("hrnet32", "hrnet32.cocolvis_itermask"),
-        ("default", "napari-ritm.nuclei"),
+        ("default", "napari-ritm.cells"),
+        ("cells", "napari-ritm.cells"),
+        ("nuclei", "napari-ritm.nuclei"),
     ],
 )
 def test_aliases(alias: str, canonical: str):
@@ -278,18 +279,27 @@ def test_list_weights_reports_cache_state_and_verification(cache: Path):
 # The shipped default model and its record
 
 
-def test_shipped_record_agrees_with_the_checkpoint():
-    record = json.loads(SHIPPED_RECORD.read_text())
-    assert record["sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
-    assert record["size_bytes"] == SHIPPED.stat().st_size
+@pytest.mark.parametrize(
+    ("name", "origin"),
+    [
+        # v1 was trained from scratch on microscopy (its metadata says so), not COCO+LVIS
+        ("napari-ritm.nuclei", "trained from scratch"),
+        # v2, the default, continued from v1 on microscopy and photographs
+        ("napari-ritm.cells", "fine-tuned from napari-ritm.nuclei (5 microscopy data sets"),
+    ],
+)
+def test_shipped_record_agrees_with_the_checkpoint(name: str, origin: str):
+    spec = WEIGHTS[name]
+    checkpoint = registry_module.CHECKPOINT_DIR / spec.file_name
+    record = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert record["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert record["size_bytes"] == checkpoint.stat().st_size
     # Regenerated from the checkpoint (its metadata, its bytes), the record is the same.
-    assert shipped_record(SHIPPED) == record
-    spec = WEIGHTS[weights.DEFAULT_MODEL]
+    assert shipped_record(checkpoint) == record
     assert (spec.sha256, spec.size_bytes) == (record["sha256"], record["size_bytes"])
     assert (spec.variant, spec.with_prev_mask) == (record["variant"], record["with_prev_mask"])
     assert (spec.train_data, spec.description) == (record["train_data"], record["description"])
-    # The default was trained from scratch on microscopy (its metadata says so), not COCO+LVIS.
-    assert "trained from scratch" in spec.description
+    assert origin in spec.description
     assert "COCO" not in spec.description + spec.train_data
     assert "synthetic" in spec.train_data
 
@@ -712,4 +722,4 @@ def test_write_shipped_record_writes_beside_the_checkpoint(tmp_path: Path):
     assert record_path == tmp_path / "copy.json"
     record = json.loads(record_path.read_text())
     assert record["file"] == "copy.pth"
-    assert record["sha256"] == json.loads(SHIPPED_RECORD.read_text())["sha256"]
+    assert record["sha256"] == json.loads(SHIPPED.with_suffix(".json").read_text())["sha256"]
