@@ -40,8 +40,10 @@ def _origin(metadata: Mapping[str, Any]) -> str:
         return "trained from scratch"
     source = Path(str(init)).name
     spec = lookup_weights(source)
-    if spec is not None:
+    if spec is not None and spec.kind == "official":
         return f"fine-tuned from {spec.name} ({spec.train_data})"
+    if spec is not None:  # one of ours: its own listing says what it was trained on
+        return f"fine-tuned from {spec.name}"
     return f"fine-tuned from {source}"
 
 
