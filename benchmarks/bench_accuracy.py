@@ -15,6 +15,18 @@ CellSeg (whole cells), GrabCut and DAVIS (natural images; not microscopy). Run f
 root, preferably niced and on an otherwise idle machine::
 
     nice -n 10 .venv/bin/python benchmarks/bench_accuracy.py --per-set 50 --json acc.json
+
+For another model, give its held-out folders with ``--folders`` (``PATH:u16`` adds a uint16 copy
+of a set); the default model ``napari-ritm.cells`` on the held-out files of its training run
+(folders written by ``scripts/make_holdout.py``; docs/performance.md)::
+
+    H=runs/accuracy-v2/holdout
+    .venv/bin/python scripts/make_holdout.py training/runs/default-v2 $H \
+        --data ../shared/data/microscopy ../shared/data/benchmarks
+    .venv/bin/python benchmarks/bench_accuracy.py --model napari-ritm.cells --per-set 40 \
+        --configs interactive:float32 evaluation:float32 \
+        --folders $H/N2DH-GOWT1 $H/N2DH-GOWT1:u16 $H/NIH3T3 $H/CPM15-HE $H/Chloroplast-EM \
+        $H/NeurIPS-CellSeg $H/DAVIS ../shared/data/benchmarks/GrabCut
 """
 
 from __future__ import annotations
@@ -78,11 +90,34 @@ def _to_uint16(image: np.ndarray) -> np.ndarray:
     )
 
 
-def load_samples(name: str, per_set: int, max_per_image: int | None, tmp: Path) -> list[Any]:
+def folder_sets(specs: list[str]) -> dict[str, tuple[Path, tuple[str, ...] | None, bool]]:
+    """``--folders`` entries as :data:`SETS` entries: ``PATH`` is the set named after the folder,
+    ``PATH:u16`` the same files converted to uint16 (named ``<folder>-u16``).
+
+    Raises:
+        ValueError: a folder does not exist.
+    """
+    sets = {}
+    for spec in specs:
+        u16 = spec.endswith(":u16")
+        folder = Path(spec[: -len(":u16")] if u16 else spec)
+        if not folder.is_dir():
+            raise ValueError(f"data set folder {folder} not found")
+        sets[folder.name + ("-u16" if u16 else "")] = (folder, None, u16)
+    return sets
+
+
+def load_samples(
+    name: str,
+    per_set: int,
+    max_per_image: int | None,
+    tmp: Path,
+    sets: dict[str, tuple[Path, tuple[str, ...] | None, bool]] = SETS,
+) -> list[Any]:
     """Seeded subset of the set's samples (uint16-converted for ``*-u16``)."""
     from napari_ritm.evaluation.datasets import load_dataset
 
-    folder, keep, u16 = SETS[name]
+    folder, keep, u16 = sets[name]
     dataset = load_dataset(_subset(folder, keep, tmp), max_samples=max_per_image, limit=per_set)
     samples = list(dataset)
     if u16:
@@ -138,14 +173,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from napari_ritm.evaluation.evaluator import evaluate_dataset
     from napari_ritm.inference.session import ClickSession
-    from napari_ritm.model import load_checkpoint
+    from napari_ritm.weights import load_model
 
     torch.set_num_threads(args.threads)
-    model = load_checkpoint(args.model)
+    model = load_model(args.model, device="cpu")
+    sets = folder_sets(args.folders) if args.folders else SETS
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sets:
-            samples = load_samples(name, args.per_set, args.max_per_image, Path(tmp))
+        for name in list(sets) if args.folders else args.sets:
+            samples = load_samples(name, args.per_set, args.max_per_image, Path(tmp), sets)
             for config in args.configs:
                 preset, precision, flip = parse_config(config)
                 session = ClickSession(
@@ -214,9 +250,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--model", default=str(REPO / "src/napari_ritm/weights/checkpoints/nuclei_hrnet18s.pth")
+        "--model",
+        default="napari-ritm.nuclei",
+        help="registered weights name or checkpoint (napari-ritm.nuclei: the default --sets are "
+        "its held-out files)",
     )
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    p.add_argument(
+        "--folders",
+        nargs="+",
+        default=None,
+        help="evaluate these data set folders instead of --sets (e.g. the held-out folders that "
+        "scripts/make_holdout.py writes for a training run); PATH:u16 adds a uint16 copy",
+    )
     p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     p.add_argument("--per-set", type=int, default=40, help="objects per set (seeded subset)")
     p.add_argument("--max-per-image", type=int, default=None, help="objects per image at most")
@@ -229,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             parse_config(config)
         except ValueError as exc:
             p.error(f"--configs: {exc}")
+    try:
+        folder_sets(args.folders or [])
+    except ValueError as exc:
+        p.error(f"--folders: {exc}")
     start = time.perf_counter()
     rows = run(args)
     print(format_table(rows))
