@@ -167,8 +167,10 @@ def parse_config(config: str) -> tuple[str, str, bool]:
     return preset, precision, option != "noflip"
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Evaluate every configuration on every set; one row per (set, config)."""
+def run(
+    args: argparse.Namespace, sets: dict[str, tuple[Path, tuple[str, ...] | None, bool]]
+) -> list[dict[str, Any]]:
+    """Evaluate every configuration on every set of ``sets``; one row per (set, config)."""
     import torch
 
     from napari_ritm.evaluation.evaluator import evaluate_dataset
@@ -177,10 +179,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
-    sets = folder_sets(args.folders) if args.folders else SETS
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in list(sets) if args.folders else args.sets:
+        for name in sets:
             samples = load_samples(name, args.per_set, args.max_per_image, Path(tmp), sets)
             for config in args.configs:
                 preset, precision, flip = parse_config(config)
@@ -276,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             p.error(f"--configs: {exc}")
     try:
-        folder_sets(args.folders or [])
+        sets = folder_sets(args.folders) if args.folders else {n: SETS[n] for n in args.sets}
     except ValueError as exc:
         p.error(f"--folders: {exc}")
     start = time.perf_counter()
-    rows = run(args)
+    rows = run(args, sets)
     print(format_table(rows))
     print(f"\n{time.perf_counter() - start:.0f} s, {args.threads} threads, model {args.model}")
     if args.json:
