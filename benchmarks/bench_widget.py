@@ -74,21 +74,14 @@ def machine_info() -> dict[str, str]:
     import qtpy
     import torch
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from napari_ritm.inference.precision import cpu_model
+
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = "?"
     if hasattr(os, "getloadavg"):
         load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": f"{os.cpu_count()} logical, {usable} usable",
         "torch threads": str(torch.get_num_threads()),
         "load average (1, 5, 15 min) at start": load,

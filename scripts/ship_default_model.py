@@ -23,26 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
+from napari_ritm.inference.precision import cpu_model
 from napari_ritm.model import load_checkpoint, save_checkpoint
 from napari_ritm.weights.shipping import write_shipped_record
 
 DEST = (
     Path(__file__).resolve().parents[1] / "src/napari_ritm/weights/checkpoints/cells_hrnet18s.pth"
 )
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def stage_record(run_dir: Path) -> dict:
@@ -110,7 +99,7 @@ def main() -> None:
             "stages": stages,
             "iterations": sum(st["iterations"] for st in stages),
             "hours": round(sum(st["hours"] for st in stages), 2),
-            "cpu": _cpu_name(),
+            "cpu": cpu_model(),
         }
         if args.note:
             metadata["training"]["note"] = args.note

@@ -27,6 +27,22 @@ def test_cpu_flags_are_read():
     assert prec.cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
+def test_cpu_model_is_the_cpuinfo_model_name(monkeypatch):
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/cpuinfo")
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    prec.cpu_model.cache_clear()
+    assert prec.cpu_model() == (names[0] if names else prec.platform.processor() or "unknown")
+    prec.cpu_model.cache_clear()
+    monkeypatch.setattr(prec.sys, "platform", "win32")
+    monkeypatch.setattr(prec.platform, "processor", lambda: "")
+    assert prec.cpu_model() == "unknown"
+    prec.cpu_model.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [

@@ -50,12 +50,15 @@ def format_seconds(seconds: float) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """Host, platform, Python/torch versions, cores and threads (and the GPU, if any)."""
+    """Host, platform, CPU model, Python/torch versions, cores and threads (and the GPU, if any)."""
     import torch
+
+    from napari_ritm.inference.precision import cpu_model
 
     info: dict[str, Any] = {
         "hostname": platform.node(),
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "cpu_count": os.cpu_count(),

@@ -77,6 +77,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(k.lower() for k, v in caps.items() if v is True)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()`` or "unknown".
+
+    Recorded beside timings and training runs: speed numbers mean little without it.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    return platform.processor() or "unknown"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bfloat16 dot products natively (AMX-BF16 or AVX512-BF16)."""
     return bool(_NATIVE_BF16_FLAGS & cpu_flags())
