@@ -263,6 +263,44 @@ def test_batcher_shapes_and_targets(tmp_path):
     np.testing.assert_array_equal(again[1], points)  # seeded: identical batches
 
 
+def test_each_data_set_can_have_its_own_diameter_range():
+    labels = _disk_labels((400, 400), ((200, 200),), radius=60)  # diameter 120 px
+    image = np.linspace(0, 1, 400 * 400, dtype=np.float32).reshape(400, 400)
+    small, large = (from_arrays([image], [labels], dataset_name=n) for n in ("small", "large"))
+    augment = AugmentConfig(crop=(192, 192), diameter_range=(80.0, 100.0), center_on_object_prob=1)
+
+    def target_diameters(weights):
+        batcher = TrainingBatcher(
+            [small, large], augment, MultiPointSampler(), min_object_area=20,
+            weights=weights, diameter_ranges=[(20.0, 40.0), None],
+        )  # fmt: skip
+        _, _, gt = batcher.batch(np.random.default_rng(0), 16)
+        return np.sqrt(4 * gt.reshape(16, -1).sum(axis=1) / math.pi)
+
+    assert target_diameters([1, 0]).max() < 43  # its own range
+    assert np.median(target_diameters([0, 1])) > 70  # the default range (80-100)
+    with pytest.raises(ValueError):
+        TrainingBatcher([small], augment, MultiPointSampler(), diameter_ranges=[None, None])
+
+
+def test_diameter_ranges_per_folder_from_the_command_line(tmp_path):
+    from napari_ritm_training.cli import build_parser, config_from_args
+
+    from napari_ritm.errors import RitmError
+
+    a, b = _write_folder(tmp_path / "a", n=1), _write_folder(tmp_path / "b", n=1)
+    args = build_parser().parse_args(
+        ["--data", str(a), str(b), "--data-diameter-ranges", "8:160", "default"]
+    )
+    config = config_from_args(args)
+    config.validate()
+    assert config.diameter_ranges() == [(8.0, 160.0), None]
+    for bad in (["8:160"], ["160:8", "default"], ["8-160", "default"], ["0:5", "default"]):
+        args.data_diameter_ranges = bad
+        with pytest.raises(RitmError, match="diameter range"):
+            config_from_args(args).validate()
+
+
 def test_invert_augmentation_maps_x_to_one_minus_x():
     from napari_ritm_training.augment import AugmentConfig, _intensity
 

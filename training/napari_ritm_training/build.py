@@ -139,6 +139,13 @@ class TrainingData:
     general_samples: list[Any] = field(default_factory=list)
 
 
+def _with_extra(
+    per_folder: list[tuple[float, float] | None] | None, n_extra: int
+) -> list[tuple[float, float] | None] | None:
+    """Per-folder diameter ranges extended with the default for in-memory data sets."""
+    return None if per_folder is None else per_folder + [None] * n_extra
+
+
 def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingData:
     """Load the data folders, split them, and build the batcher and the validation objects.
 
@@ -162,6 +169,7 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
             val_images += d.images
             split["datasets"][f"val:{d.name}"] = {"train_groups": [], "val_groups": d.groups}
     synthetic, general_samples = _general_pool(cfg)
+    ranges = _with_extra(cfg.diameter_ranges(), len(extra))
     augment = AugmentConfig(
         crop=tuple(cfg.crop),
         scale_mode=cfg.scale_mode,
@@ -175,6 +183,7 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         MultiPointSampler(max_num_points=cfg.max_num_points),
         min_object_area=cfg.min_object_area,
         weights=cfg.data_weights,
+        diameter_ranges=ranges,
         synthetic=synthetic,
         synthetic_fraction=cfg.keep_general or cfg.synthetic_fraction,
     )
@@ -187,7 +196,10 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
     )
     split["val_objects"] = [s.name for s in val_samples]
     summary = {
-        "train": [d.summary() for d in train_sets],
+        "train": [
+            {**d.summary(), "diameter_range": list(r or cfg.diameter_range)}
+            for d, r in zip(train_sets, ranges or [None] * len(train_sets), strict=True)
+        ],
         "val_images": len(val_images),
         "val_objects": len(val_samples),
         "synthetic": synthetic.summary() if synthetic is not None else None,

@@ -91,6 +91,8 @@ class TrainConfig:
         scale_mode: "object" (diameter log-uniform in ``diameter_range``), "uniform"
             (reference, factor in ``scale_range``) or "none".
         diameter_range: target object diameters in pixels for ``scale_mode="object"``.
+        data_diameter_ranges: per ``data`` folder, ``"LOW:HIGH"`` (its own diameter range) or
+            ``"default"`` (``diameter_range``); None = ``diameter_range`` for all.
         invert_prob: probability of inverting intensities (brightfield-like dark objects).
         scale_range: scale factors for ``scale_mode="uniform"``.
         max_num_points: click slots per sign (24).
@@ -151,6 +153,7 @@ class TrainConfig:
     percentiles: tuple[float, float] = (1.0, 99.8)
     scale_mode: str = "object"
     diameter_range: tuple[float, float] = (14.0, 90.0)
+    data_diameter_ranges: list[str] | None = None
     invert_prob: float = 0.0
     scale_range: tuple[float, float] = (0.75, 1.40)
     max_num_points: int = 24
@@ -227,6 +230,33 @@ class TrainConfig:
                 f"{len(self.data_weights)} data weights for {len(self.data)} data folders; "
                 "give one weight per --data folder"
             )
+        self.diameter_ranges()  # raises on a malformed entry, before any data is read
+
+    def diameter_ranges(self) -> list[tuple[float, float] | None] | None:
+        """``data_diameter_ranges`` parsed: per data folder (low, high) or None (the default)."""
+        if self.data_diameter_ranges is None:
+            return None
+        if len(self.data_diameter_ranges) != len(self.data):
+            raise RitmError(
+                f"{len(self.data_diameter_ranges)} diameter ranges for {len(self.data)} data "
+                "folders; give one per --data folder (LOW:HIGH, or 'default')"
+            )
+        ranges: list[tuple[float, float] | None] = []
+        for text in self.data_diameter_ranges:
+            if text == "default":
+                ranges.append(None)
+                continue
+            try:
+                low, high = (float(v) for v in text.split(":"))
+            except ValueError:
+                low = high = float("nan")
+            if not 0 < low <= high:
+                raise RitmError(
+                    f"diameter range {text!r}: expected LOW:HIGH pixels with 0 < LOW <= HIGH "
+                    "(e.g. 8:160), or 'default'"
+                )
+            ranges.append((low, high))
+        return ranges
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -486,6 +486,10 @@ class TrainingBatcher:
         min_object_area: objects smaller than this (in crop pixels, after augmentation) are not
             targets (they still count as "other objects" for negative clicks).
         weights: sampling weight per dataset (same order); None = equal.
+        diameter_ranges: per dataset (same order), a ``diameter_range`` that replaces
+            ``augment``'s for its crops (None in the list or for all: ``augment``'s), so that
+            data sets whose objects differ in scale (small cells, large natural objects) are
+            each shown at theirs.
         synthetic: optional synthetic dataset.
         synthetic_fraction: probability of drawing from ``synthetic``.
         max_retries: crops without any target are redrawn this many times, after which an
@@ -500,21 +504,29 @@ class TrainingBatcher:
         *,
         min_object_area: int = 80,
         weights: Sequence[float] | None = None,
+        diameter_ranges: Sequence[tuple[float, float] | None] | None = None,
         synthetic: InstanceDataset | None = None,
         synthetic_fraction: float = 0.0,
         max_retries: int = 10,
     ) -> None:
-        pairs = [
-            (d, 1.0 if weights is None else float(w))
-            for d, w in zip(
-                datasets, weights if weights is not None else [1.0] * len(datasets), strict=True
+        n = len(datasets)
+        kept = [
+            (d, 1.0 if weights is None else float(w), r)
+            for d, w, r in zip(
+                datasets,
+                weights if weights is not None else [1.0] * n,
+                diameter_ranges if diameter_ranges is not None else [None] * n,
+                strict=True,
             )
             if d.images
         ]
-        if not pairs and (synthetic is None or synthetic_fraction <= 0):
+        if not kept and (synthetic is None or synthetic_fraction <= 0):
             raise DatasetError("no training images left after the validation split")
-        self.datasets = [d for d, _ in pairs]
-        w = np.array([w for _, w in pairs], np.float64)
+        self.datasets = [d for d, _, _ in kept]
+        self.augments = [
+            augment if r is None else replace(augment, diameter_range=tuple(r)) for _, _, r in kept
+        ]
+        w = np.array([w for _, w, _ in kept], np.float64)
         if (len(w) and (w < 0).any()) or (len(w) and w.sum() <= 0):
             raise DatasetError(
                 f"dataset weights must be >= 0 with a positive sum, got {w.tolist()}"
@@ -529,12 +541,14 @@ class TrainingBatcher:
             self.synthetic_fraction = 1.0
         self.max_retries = int(max_retries)
 
-    def _pick_image(self, rng: np.random.Generator) -> TrainImage:
+    def _pick_image(self, rng: np.random.Generator) -> tuple[TrainImage, AugmentConfig]:
+        """An image and the augmentation of its data set."""
         if self.synthetic is not None and rng.random() < self.synthetic_fraction:
-            dset = self.synthetic
+            dset, augment = self.synthetic, self.augment
         else:
-            dset = self.datasets[int(rng.choice(len(self.datasets), p=self.weights))]
-        return dset.images[int(rng.integers(len(dset.images)))]
+            k = int(rng.choice(len(self.datasets), p=self.weights))
+            dset, augment = self.datasets[k], self.augments[k]
+        return dset.images[int(rng.integers(len(dset.images)))], augment
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One training sample.
@@ -543,8 +557,8 @@ class TrainingBatcher:
             (image float32 (3, h, w) in [0, 1], points float32 (2N, 3), gt float32 (1, h, w)).
         """
         for _ in range(self.max_retries + 1):
-            im = self._pick_image(rng)
-            img, lab = augment_crop(im.image, im.labels, rng, self.augment, im.stats)
+            im, augment = self._pick_image(rng)
+            img, lab = augment_crop(im.image, im.labels, rng, augment, im.stats)
             ids, counts = np.unique(lab[lab > 0], return_counts=True)
             targets = ids[counts >= self.min_object_area]
             if targets.size:
