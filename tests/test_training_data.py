@@ -295,7 +295,13 @@ def test_diameter_ranges_per_folder_from_the_command_line(tmp_path):
     config = config_from_args(args)
     config.validate()
     assert config.diameter_ranges() == [(8.0, 160.0), None]
-    for bad in (["8:160"], ["160:8", "default"], ["8-160", "default"], ["0:5", "default"]):
+    for bad in (
+        ["8:160"],
+        ["160:8", "default"],
+        ["8-160", "default"],
+        ["0:5", "default"],
+        ["8:inf", "default"],
+    ):
         args.data_diameter_ranges = bad
         with pytest.raises(RitmError, match="diameter range"):
             config_from_args(args).validate()

@@ -77,7 +77,7 @@ _HELP = {
     "scale_mode": "scale augmentation: object (diameter range), uniform (scale range) or none",
     "diameter_range": "object diameters in pixels for --scale-mode object",
     "data_diameter_ranges": "per --data folder, its own diameter range LOW:HIGH (e.g. 8:160 for "
-    "small cells, 40:300 for photographs) or 'default' (--diameter-range)",
+    "small cells, 60:240 for photographs) or 'default' (--diameter-range)",
     "scale_range": "scale factors for --scale-mode uniform",
     "max_num_points": "click slots per sign",
     "max_num_next_clicks": "largest number of simulated iterative clicks per batch",

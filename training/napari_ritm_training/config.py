@@ -250,7 +250,7 @@ class TrainConfig:
                 low, high = (float(v) for v in text.split(":"))
             except ValueError:
                 low = high = float("nan")
-            if not 0 < low <= high:
+            if not 0 < low <= high < float("inf"):
                 raise RitmError(
                     f"diameter range {text!r}: expected LOW:HIGH pixels with 0 < LOW <= HIGH "
                     "(e.g. 8:160), or 'default'"
