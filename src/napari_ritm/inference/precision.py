@@ -51,6 +51,23 @@ _CALIBRATION_HW = (192, 192)  # net input of the timing pass (a small zoom-in cr
 _measured: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
+def _cpuinfo_value(*keys: str) -> str | None:
+    """The value of the first Linux ``/proc/cpuinfo`` line starting with one of ``keys``.
+
+    None off Linux, when the file cannot be read, or when no line matches.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags, lower case, in the Linux ``/proc/cpuinfo`` spelling.
@@ -60,14 +77,9 @@ def cpu_flags() -> frozenset[str]:
     native bf16 matmul on the CPU cores that torch uses, so macOS arm64 reports no bf16 flag.
     Cached for the process; empty when nothing can be read.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if line.startswith(("flags", "Features")):  # x86 / ARM spelling
-                        return frozenset(line.split(":", 1)[1].lower().split())
-        except OSError:
-            pass
+    listed = _cpuinfo_value("flags", "Features")  # x86 / ARM spelling
+    if listed is not None:
+        return frozenset(listed.lower().split())
     if sys.platform == "darwin" and platform.machine() == "arm64":
         return frozenset()
     try:
@@ -83,15 +95,7 @@ def cpu_model() -> str:
 
     Recorded beside timings and training runs: speed numbers mean little without it.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-    return platform.processor() or "unknown"
+    return _cpuinfo_value("model name") or platform.processor() or "unknown"
 
 
 def cpu_has_native_bf16() -> bool:
