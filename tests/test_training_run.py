@@ -357,3 +357,22 @@ def test_validation_on_given_folders_only(data_dir, caplog):
         "validation: 3 objects (at most 3) from 4 images: 0 held out of --data "
         "(--val-fraction 0), 4 from --val-data"
     ) in caplog.text
+
+
+def test_folder_weights_extend_to_in_memory_layers_and_summary_names_the_scale(data_dir):
+    from napari_ritm_training.build import build_data
+    from napari_ritm_training.data import from_arrays
+
+    rng = np.random.default_rng(3)
+    image, labels = synthetic_cells(
+        rng, SyntheticConfig(shape=(96, 96), n_objects=(4, 8), radius=(8.0, 16.0))
+    )
+    layer = from_arrays([image], [labels], ["layer"])
+    cfg = _config(data_dir, "unused", val_fraction=0.0, data_weights=[3.0])
+    data = build_data(cfg, [layer])  # one weight for one folder, plus a layer: no zip error
+    np.testing.assert_allclose(data.batcher.weights, [0.5, 0.5])  # the layer gets the mean
+    assert [s["diameter_range"] for s in data.summary["train"]] == [[12.0, 30.0]] * 2
+
+    uniform = build_data(_config(data_dir, "unused", val_fraction=0.0, scale_mode="uniform"), [])
+    (entry,) = uniform.summary["train"]
+    assert "diameter_range" not in entry and entry["scale_range"] == [0.75, 1.4]

@@ -146,6 +146,27 @@ def _with_extra(
     return None if per_folder is None else per_folder + [None] * n_extra
 
 
+def _weights_with_extra(per_folder: list[float] | None, n_extra: int) -> list[float] | None:
+    """Per-folder sampling weights extended for in-memory data sets (napari layers).
+
+    ``--data-weights`` names only folders; each in-memory set gets their mean, so the layers
+    are drawn like an average folder rather than refused or swamped.
+    """
+    if per_folder is None or n_extra == 0:
+        return per_folder
+    mean = sum(per_folder) / len(per_folder) if per_folder else 1.0
+    return list(per_folder) + [mean] * n_extra
+
+
+def _scale_of(cfg: TrainConfig, diameter_range: tuple[float, float] | None) -> dict[str, Any]:
+    """What a data set's crops were scaled by, as recorded in ``data.json``."""
+    if cfg.scale_mode == "object":
+        return {"diameter_range": list(diameter_range or cfg.diameter_range)}
+    if cfg.scale_mode == "uniform":
+        return {"scale_range": list(cfg.scale_range)}
+    return {"scale": 1.0}
+
+
 def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingData:
     """Load the data folders, split them, and build the batcher and the validation objects.
 
@@ -182,7 +203,7 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         augment,
         MultiPointSampler(max_num_points=cfg.max_num_points),
         min_object_area=cfg.min_object_area,
-        weights=cfg.data_weights,
+        weights=_weights_with_extra(cfg.data_weights, len(extra)),
         diameter_ranges=ranges,
         synthetic=synthetic,
         synthetic_fraction=cfg.keep_general or cfg.synthetic_fraction,
@@ -197,7 +218,7 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
     split["val_objects"] = [s.name for s in val_samples]
     summary = {
         "train": [
-            {**d.summary(), "diameter_range": list(r or cfg.diameter_range)}
+            {**d.summary(), **_scale_of(cfg, r)}
             for d, r in zip(train_sets, ranges or [None] * len(train_sets), strict=True)
         ],
         "val_images": len(val_images),

@@ -84,7 +84,8 @@ class TrainConfig:
         freeze_backbone: train only the OCR block, the heads and the click encoder.
         synthetic_fraction: share of training crops drawn from generated cell images.
         synthetic_images: size of the generated pool.
-        data_weights: sampling weight per ``data`` folder (default equal).
+        data_weights: sampling weight per ``data`` folder (default equal); in-memory data sets
+            (napari layers) each get the mean of these.
         min_object_area: smallest target object after augmentation (crop pixels).
         min_instance_area: instances smaller than this in the source image are ignored.
         percentiles: normalisation percentiles for non-uint8 images (same as the plugin).
