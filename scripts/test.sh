@@ -44,7 +44,8 @@ fi
 
 echo "[test] $("$PY" --version) $("$PY" -c 'import torch; print("torch", torch.__version__)')" >&2
 set +e
-"$PY" -m pytest -o xvfb_width=1600 -o xvfb_height=1000 -o xvfb_colordepth=24 "$@"
+# --durations: the slowest tests in every log, to keep the whole run under 15 minutes on 2 cores.
+"$PY" -m pytest -o xvfb_width=1600 -o xvfb_height=1000 -o xvfb_colordepth=24 --durations=20 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
