@@ -139,23 +139,12 @@ class TrainingData:
     general_samples: list[Any] = field(default_factory=list)
 
 
-def _with_extra(
-    per_folder: list[tuple[float, float] | None] | None, n_extra: int
-) -> list[tuple[float, float] | None] | None:
-    """Per-folder diameter ranges extended with the default for in-memory data sets."""
-    return None if per_folder is None else per_folder + [None] * n_extra
+def _with_extra(per_folder: list[Any] | None, n_extra: int, fill: Any = None) -> list[Any] | None:
+    """A per-folder setting (diameter ranges, weights) extended to in-memory data sets.
 
-
-def _weights_with_extra(per_folder: list[float] | None, n_extra: int) -> list[float] | None:
-    """Per-folder sampling weights extended for in-memory data sets (napari layers).
-
-    ``--data-weights`` names only folders; each in-memory set gets their mean, so the layers
-    are drawn like an average folder rather than refused or swamped.
+    The settings name only ``--data`` folders; each in-memory set (napari layers) gets ``fill``.
     """
-    if per_folder is None or n_extra == 0:
-        return per_folder
-    mean = sum(per_folder) / len(per_folder) if per_folder else 1.0
-    return list(per_folder) + [mean] * n_extra
+    return None if per_folder is None else [*per_folder, *[fill] * n_extra]
 
 
 def _scale_of(cfg: TrainConfig, diameter_range: tuple[float, float] | None) -> dict[str, Any]:
@@ -203,7 +192,12 @@ def build_data(config: TrainConfig, extra: list[InstanceDataset]) -> TrainingDat
         augment,
         MultiPointSampler(max_num_points=cfg.max_num_points),
         min_object_area=cfg.min_object_area,
-        weights=_weights_with_extra(cfg.data_weights, len(extra)),
+        # layers are drawn like an average folder, neither refused nor swamped
+        weights=_with_extra(
+            cfg.data_weights,
+            len(extra),
+            fill=sum(cfg.data_weights) / len(cfg.data_weights) if cfg.data_weights else 1.0,
+        ),
         diameter_ranges=ranges,
         synthetic=synthetic,
         synthetic_fraction=cfg.keep_general or cfg.synthetic_fraction,
