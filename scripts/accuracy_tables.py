@@ -8,6 +8,7 @@ One row per predictor for every ``<set>.json`` written by ``napari-ritm evaluate
 model of each folder, in the order given, then the GrabCut baseline (from the first folder that
 ran it on that set). With several folders, a set is printed where any of them has it.
 ``--plot`` also draws mIoU against clicks, one panel per set, the same curves as the rows.
+``--labels`` names each folder's model (default: the model name in its summaries).
 Where every folder has two or more of the same sets, a last "all (pooled)" block gives each
 model's and the baseline's scores over all those objects together (the mixed held-out set).
 """
@@ -85,12 +86,21 @@ def summary_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.glob("*.json")) if not p.name.endswith(".samples.json")]
 
 
-def summaries_by_set(folders: list[Path]) -> dict[str, list[dict]]:
-    """``{set name: [summary of each folder that has it, in folder order]}``, sets sorted."""
+def summaries_by_set(
+    folders: list[Path], labels: list[str] | None = None
+) -> dict[str, list[dict]]:
+    """``{set name: [summary of each folder that has it, in folder order]}``, sets sorted.
+
+    ``labels`` (one per folder) replace the summaries' model names: two files of one model name
+    (a model before and after a new version shipped) need names that tell them apart.
+    """
     found: dict[str, list[dict]] = {}
-    for folder in folders:
+    for i, folder in enumerate(folders):
         for path in summary_files(folder):
-            found.setdefault(path.stem, []).append(json.loads(path.read_text()))
+            summary = json.loads(path.read_text())
+            if labels:
+                summary["model"] = labels[i]
+            found.setdefault(path.stem, []).append(summary)
     return dict(sorted(found.items()))
 
 
@@ -127,7 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+", metavar="folder")
     parser.add_argument("--plot", type=Path, default=None, help="also save mIoU-vs-clicks curves")
+    parser.add_argument(
+        "--labels", nargs="+", default=None, help="one name per folder for its model's rows"
+    )
     args = parser.parse_args()
+    if args.labels is not None and len(args.labels) != len(args.folders):
+        sys.exit(
+            f"accuracy_tables.py: error: {len(args.labels)} --labels for "
+            f"{len(args.folders)} folders; give one per folder"
+        )
     for folder in args.folders:
         if not folder.is_dir() or not summary_files(folder):
             what = "has no <set>.json files" if folder.is_dir() else "does not exist"
@@ -138,7 +156,7 @@ def main() -> None:
     ks = " | ".join(f"mIoU@{k}" for k in KS)
     print(f"| data | predictor | n | NoC@85 | NoC@90 | ≥20@90 | {ks} | s/click |")
     print("|---" * (7 + len(KS)) + "|")
-    by_set = summaries_by_set(args.folders)
+    by_set = summaries_by_set(args.folders, args.labels)
     for name, summaries in by_set.items():
         for line in set_rows(name, summaries):
             print(line)

@@ -8,12 +8,13 @@
 #   DAVIS 60-240 px: at test time the zoom-in shows an object at ~70% of its 400-px view, i.e.
 #   ~135 px of a 192-px training crop, while 14-160 px (log-uniform, median 47) showed them smaller.
 # 2-4 h on a 2-core CPU: it spans sessions (Ctrl+C saves resume.pth, scripts/pack_run.py packs
-# it, --resume continues). FROM (default napari-ritm.cells: v2 until a newer model ships, then
-# pass v2's file) is the start; RUN_DIR (default runs/default-v4) holds the run; extra arguments
-# go to napari-ritm-finetune (after these, so they win).
+# it, --resume continues). FROM (default runs/cells-v2.pth, which scripts/train_cells_model.sh
+# makes) is the start: v2 as shipped, float16 (napari-ritm.cells is v4 itself since v4 shipped);
+# RUN_DIR (default runs/default-v4) holds the run; extra arguments go to napari-ritm-finetune
+# (after these, so they win).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-FROM=${FROM:-napari-ritm.cells}
+FROM=${FROM:-runs/cells-v2.pth}
 #                        stardist_2d GOWT1  NIH3T3  CPM15-HE NeurIPS Chloroplast DAVIS
 RUN_DIR=${RUN_DIR:-runs/default-v4} exec bash scripts/train_default_model_v2.sh \
   --from "$FROM" --epochs 6 --milestones 4 \

@@ -200,10 +200,15 @@ def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:
         assert proc.returncode == 2, script
         assert proc.stderr.startswith(f"{script}: error: ")
         assert f"{tmp_path / 'nodata' / 'microscopy'} not found" in proc.stderr, script
-    # v3 is v2's recipe continued: it runs v2's script, which names itself in the error
-    proc = _run(SCRIPTS / "train_default_model_v3.sh", env=env)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("train_default_model_v2.sh: error: ")
+    # v3, v4 and the whole cells chain start with v2's recipe: v2's script names itself
+    for script in (
+        "train_default_model_v3.sh",
+        "train_default_model_v4.sh",
+        "train_cells_model.sh",
+    ):
+        proc = _run(SCRIPTS / script, env=env)
+        assert proc.returncode == 2, script
+        assert proc.stderr.startswith("train_default_model_v2.sh: error: "), script
 
 
 def test_pack_run_missing_run_folder_fails(tmp_path: Path) -> None:
@@ -213,3 +218,16 @@ def test_pack_run_missing_run_folder_fails(tmp_path: Path) -> None:
         f"pack_run.py: error: no resume.pth in {tmp_path / 'no run'}"
     )
     assert not (tmp_path / "dest").exists()
+
+
+def test_accuracy_tables_labels_name_each_folders_model(tmp_path: Path) -> None:
+    # two versions of one model name side by side: the labels tell them apart
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir(), old.mkdir()
+    (new / "EM.json").write_text(json.dumps(_summary("napari-ritm.cells", 3.0, [0.7, 0.9])))
+    (old / "EM.json").write_text(json.dumps(_summary("napari-ritm.cells", 5.0, [0.6, 0.8])))
+    proc = _run(SCRIPTS / "accuracy_tables.py", new, old, "--labels", "v4", "v2")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(" | ")[1] for line in proc.stdout.splitlines()[2:]] == ["v4", "v2"]
+    proc = _run(SCRIPTS / "accuracy_tables.py", new, old, "--labels", "v4")
+    assert proc.returncode == 1 and "1 --labels for 2 folders" in proc.stderr

@@ -284,7 +284,7 @@ def test_list_weights_reports_cache_state_and_verification(cache: Path):
     [
         # v1 was trained from scratch on microscopy (its metadata says so), not COCO+LVIS
         ("napari-ritm.nuclei", "trained from scratch"),
-        # v2, the default, continued from v1 on microscopy and photographs
+        # the default (v4; v2 before it) continued from v1 on microscopy and photographs
         ("napari-ritm.cells", "fine-tuned from napari-ritm.nuclei with napari-ritm-finetune"),
     ],
 )
