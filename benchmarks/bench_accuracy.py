@@ -5,7 +5,8 @@ Runs the evaluation protocol (ritm-reference §9: the evaluation clicker, stop a
 for each configuration ``PRESET:PRECISION`` (default: interactive and evaluation, each in float32
 and bfloat16), and prints NoC@85/90, failures, mIoU@k and the first / following click times. A
 configuration may end in ``:noflip`` (flip test-time augmentation off: half the network work per
-click), e.g. ``interactive:float32:noflip``.
+click), e.g. ``interactive:float32:noflip``. ``--json`` also keeps each object's NoC@85/90
+(``objects``), for paired comparisons of two configurations object by object.
 
 Default sets (held out for ``napari-ritm.nuclei``; see its checkpoint metadata "split"):
 N2DH-GOWT1 t72 and NIH3T3 dna-28/29/32/33 (fluorescence nuclei, validation groups of the
@@ -202,6 +203,11 @@ def run(
                     "miou_at_k": list(report.miou_at_k),
                     "first_ms": 1000 * float(np.median(timed.first)),
                     "following_ms": 1000 * float(np.median(timed.following or [np.nan])),
+                    # per object, to tell a set-wide shift from one diverging click sequence
+                    "objects": {
+                        s.name: [s.noc(0.85, args.max_clicks), s.noc(0.90, args.max_clicks)]
+                        for s in report.samples
+                    },
                 }
                 rows.append(row)
                 print(_format_row(row), file=sys.stderr, flush=True)

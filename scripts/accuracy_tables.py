@@ -86,9 +86,7 @@ def summary_files(folder: Path) -> list[Path]:
     return [p for p in sorted(folder.glob("*.json")) if not p.name.endswith(".samples.json")]
 
 
-def summaries_by_set(
-    folders: list[Path], labels: list[str] | None = None
-) -> dict[str, list[dict]]:
+def summaries_by_set(folders: list[Path], labels: list[str] | None = None) -> dict[str, list[dict]]:
     """``{set name: [summary of each folder that has it, in folder order]}``, sets sorted.
 
     ``labels`` (one per folder) replace the summaries' model names: two files of one model name

@@ -191,7 +191,7 @@ def test_accuracy_tables_pool_the_sets_every_folder_has(tmp_path: Path) -> None:
 
 def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DATA": str(tmp_path / "nodata")}
-    # script -> the script whose error it shows: v3, v4 and the whole cells chain start with
+    # script -> the script whose error it shows: v3, v4, v5 and the whole cells chain start with
     # v2's recipe, so v2's script names itself
     v2 = "train_default_model_v2.sh"
     for script, named in (
@@ -200,6 +200,7 @@ def test_shell_scripts_check_their_data_folder(tmp_path: Path) -> None:
         ("evaluate_default_model.sh", "evaluate_default_model.sh"),
         ("train_default_model_v3.sh", v2),
         ("train_default_model_v4.sh", v2),
+        ("train_default_model_v5.sh", v2),
         ("train_cells_model.sh", v2),
     ):
         proc = _run(SCRIPTS / script, env=env)

@@ -4,8 +4,8 @@
   and AMD Zen 4+): ``bfloat16`` when it is faster for the model on this machine. The flag alone
   does not say so: bf16 was 1.5-2x faster per click on an AMD EPYC with AVX512-BF16, but 25%
   slower than float32 on an Intel Xeon whose hypervisor hides AMX (AVX512-BF16 only). A session
-  that resolves "auto" to bfloat16 therefore times one small forward pass of its model in both
-  precisions once (:func:`fastest_cpu_precision`, ~0.5 s, cached per model) and keeps float32
+  that resolves "auto" to bfloat16 therefore times one forward pass of its model in both
+  precisions once (:func:`fastest_cpu_precision`, ~1 s, cached per model) and keeps float32
   unless bfloat16 is clearly faster.
 * CUDA and Apple MPS: ``float16``.
 * anything else (older x86, Apple silicon CPU, ARM without bf16 matmul): ``float32``, because
@@ -47,7 +47,11 @@ _NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 #: bfloat16 is kept only when its pass takes at most this fraction of float32's (a tie keeps
 #: the exact precision, and a margin keeps the choice stable on a noisy machine)
 BF16_MIN_GAIN = 0.85
-_CALIBRATION_HW = (192, 192)  # net input of the timing pass (a small zoom-in crop)
+# Net input of the timing pass. Not smaller: at 192 px fixed per-pass costs hid half of the gain
+# (an AMD EPYC with AVX512-BF16 measured bf16/f32 0.75-0.89 against the 0.85 bar, so "auto"
+# changed its mind between runs, while its real 400-px clicks run at 0.52); at 320 px it
+# measured 0.57 both times, and the pair of passes costs ~0.8 s there.
+_CALIBRATION_HW = (320, 320)
 _measured: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
@@ -170,7 +174,7 @@ def fastest_cpu_precision(model: torch.nn.Module) -> str:
     CPU, else ``"float32"``; measured once per model and process.
 
     Times one forward pass of the inference network (:class:`~napari_ritm.model.inference.
-    FastISModel`) on a (1, 4, 192, 192) input with one click in each precision, with torch's
+    FastISModel`) on a (1, 4, 320, 320) input with one click in each precision, with torch's
     current thread count; bfloat16 wins when its best pass takes at most :data:`BF16_MIN_GAIN`
     of float32's.
     """
