@@ -8,7 +8,12 @@ import torch
 from torch import nn
 
 from napari_ritm.errors import RitmError
-from napari_ritm.inference.first_window import grow_window, initial_window
+from napari_ritm.inference.first_window import (
+    SMALL_OBJECT_PX,
+    grow_window,
+    initial_window,
+    magnified_window,
+)
 from napari_ritm.inference.presets import PRESETS, get_preset
 from napari_ritm.inference.session import ClickSession
 
@@ -66,9 +71,48 @@ def test_grow_window_follows_the_truncated_object():
     assert grow_window((0, 399, 0, 399), probs, (200.0, 50.0), (2000, 2000)) is None
 
 
-def test_interactive_first_click_small_object_one_pass_at_scale_one():
+def test_magnified_window_only_for_small_objects():
+    roi = (100, 499, 100, 499)
+    probs = np.zeros((400, 400), dtype=np.float32)
+    probs[190:210, 190:220] = 1.0  # 20 x 30 px object under the click at (300, 310)
+    box = magnified_window(roi, probs, (300.0, 310.0), (2000, 2000))
+    assert box is not None
+    r0, r1, c0, c1 = box
+    assert r1 - r0 + 1 in (200, 201) and c1 - c0 + 1 in (200, 201)  # ZoomIn's minimum crop
+    assert r0 <= 290 and r1 >= 309 and c0 <= 290 and c1 >= 319  # holds the object
+    # no object under the click, an object of SMALL_OBJECT_PX or more, a box as long as the
+    # network input (nothing to magnify)
+    assert magnified_window(roi, probs, (150.0, 150.0), (2000, 2000)) is None
+    large = np.zeros((400, 400), dtype=np.float32)
+    large[150 : 150 + SMALL_OBJECT_PX, 150:200] = 1.0
+    assert magnified_window(roi, large, (200.0, 260.0), (2000, 2000)) is None
+    assert magnified_window(roi, probs, (300.0, 310.0), (2000, 2000), target_size=200) is None
+    # clamped to the image
+    edge = magnified_window((0, 399, 0, 399), probs, (200.0, 210.0), (300, 300))
+    assert edge is not None and edge[0] >= 0 and edge[3] <= 299
+
+
+def test_interactive_first_click_small_object_is_magnified():
+    """An object under SMALL_OBJECT_PX gets a second pass on ZoomIn's box: 2x, as click 2."""
     model = BrightModel()
-    image = _square_image(1000, 1200, (480, 530, 580, 640))
+    # 20 x 30 px; 8 bit (a 16-bit image this sparse would be normalised by its percentiles to
+    # one flat level)
+    image = np.where(_square_image(1000, 1200, (490, 509, 590, 619)) > 1000, 220, 20)
+    image = image.astype(np.uint8)
+    s = ClickSession(model, device="cpu")
+    s.set_image(image)
+    s.add_click(500, 600, True)
+    assert model.sizes == [(400, 400), (400, 400)]  # scale-1 window, then the magnified box
+    (r0, r1, c0, c1), crop = s.probs_roi
+    assert r1 - r0 + 1 in (200, 201) and c1 - c0 + 1 in (200, 201)
+    assert crop.shape == (r1 - r0 + 1, c1 - c0 + 1)
+    truth = image > 100
+    assert (s.mask & truth).sum() / (s.mask | truth).sum() > 0.9
+
+
+def test_interactive_first_click_medium_object_one_pass_at_scale_one():
+    model = BrightModel()
+    image = _square_image(1000, 1200, (470, 549, 560, 649))  # 80 x 90 px
     s = ClickSession(model, device="cpu")
     assert s.preset == "interactive"
     s.set_image(image)
@@ -113,7 +157,7 @@ def test_evaluation_preset_first_click_is_the_whole_image():
 
 def test_interactive_large_image_is_bounded_by_the_start_window():
     model = BrightModel()
-    image = _square_image(3000, 4000, (1500, 1540, 2000, 2050))
+    image = _square_image(3000, 4000, (1480, 1560, 1990, 2080))
     s = ClickSession(model, device="cpu")
     s.set_image(image)
     s.add_click(1520, 2020, True)
@@ -139,9 +183,16 @@ def test_interactive_zoom_off_keeps_whole_image_predictions():
 def test_interactive_small_image_first_click_is_the_reference_one():
     """An image that fits the start window runs whole, at its own scale (not magnified)."""
     model = BrightModel()
-    image = _square_image(200, 300, (80, 120, 100, 150))
+    image = _square_image(200, 300, (40, 130, 60, 170))
     s = ClickSession(model, device="cpu")
     s.set_image(image)
     s.add_click(100, 120, True)
     assert model.sizes == [(200, 300)]
     assert s.probs_roi[0] == (0, 199, 0, 299)
+    # a small object in it is magnified on the second pass, as in a large image
+    small = _square_image(200, 300, (90, 105, 110, 130))
+    s.set_image(small)
+    model.sizes.clear()
+    s.add_click(97, 120, True)
+    assert len(model.sizes) == 2 and model.sizes[0] == (200, 300) and max(model.sizes[1]) == 400
+    assert (s.mask & (small > 1000)).sum() / (s.mask | (small > 1000)).sum() > 0.9

@@ -5,10 +5,10 @@ Two presets (``ClickSession(model, preset=...)``):
 * ``"interactive"`` (the default of the session, the widget and the Python API): every click,
   the first one too, runs the network on a zoom-in window around the object (ritm-reference
   §8.4 from click 1 on). The first window is sized for the object under the click by
-  :mod:`napari_ritm.inference.first_window` (start at ZoomIn's minimum crop around the click,
-  grow while the predicted object runs into the window's border), so a click never puts the
-  whole image through the network. Precision ``"auto"``: the fastest precision the hardware
-  runs natively (:mod:`napari_ritm.inference.precision`).
+  :mod:`napari_ritm.inference.first_window` (start at a 400-px window around the click at scale
+  1, grow while the predicted object runs into the window's border, magnify objects under 64
+  px 2x), so a click never puts a large image through the network. Precision ``"auto"``: the
+  fastest precision the hardware runs natively (:mod:`napari_ritm.inference.precision`).
 * ``"evaluation"``: the reference protocol (NoBRS predictor, §8.2 / §9): the first click runs on
   the whole image (or the ``window`` around the click on larger images), zoom-in from click 2,
   exact float32. ``napari-ritm evaluate`` and the conformance tests use it.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from napari_ritm.inference.clicks import Click
-from napari_ritm.inference.first_window import search_first_window
+from napari_ritm.inference.first_window import magnified_window, search_first_window
 from napari_ritm.inference.preprocess import Normalization, normalize_planes
 from napari_ritm.inference.presets import Preset
 from napari_ritm.inference.transforms import (
@@ -246,37 +246,55 @@ class PredictionSteps:
         """Interactive preset, ZoomIn without a ROI: zoom on a window sized for the object
         under the latest positive click (:mod:`~napari_ritm.inference.first_window`)."""
         seed_click = next((c for c in reversed(clicks) if c.positive), clicks[-1])
+        seed = (seed_click.row, seed_click.col)
         target = self.zoom.target_size
         start = max(target) if isinstance(target, tuple) else int(target)
+        min_size = self.zoom.min_crop_size or 200
         if max(self._hw) <= start:
             # the whole image costs no more than a zoomed pass: run it at its own scale, as the
             # reference's first click (a start window would magnify a small image instead)
             self.zoom.roi = None
-            region, out, net_hw, points = self._predict(clicks, prev, None, None)
-            if info is not None:
-                info.update(zoom_changed=False, net_input_hw=net_hw, points=points.numpy())
-            return State(click, region, out, None)
-        last: list[tuple[Roi | None, np.ndarray, tuple[int, int], torch.Tensor]] = []
+            result = self._predict(clicks, prev, None, None)
+            roi = (0, self._hw[0] - 1, 0, self._hw[1] - 1)
+        else:
+            last: list[tuple[Roi | None, np.ndarray, tuple[int, int], torch.Tensor]] = []
 
-        def predict(roi: Roi) -> np.ndarray:
-            self.zoom.roi = roi
-            last[:] = [self._predict(clicks, prev, roi, None)]
-            return last[0][1]
+            def predict(roi: Roi) -> np.ndarray:
+                self.zoom.roi = roi
+                last[:] = [self._predict(clicks, prev, roi, None)]
+                return last[0][1]
 
-        roi, passes = search_first_window(
-            predict,
-            (seed_click.row, seed_click.col),
+            roi, passes = search_first_window(
+                predict,
+                seed,
+                self._hw,
+                start_size=start,
+                min_size=min_size,
+                cap=lambda r: self._cap_roi(r, seed_click),
+                prob_thresh=self.zoom.prob_thresh,
+                expansion_ratio=self.zoom.expansion_ratio,
+            )
+            result = last[0]
+            logger.debug("first-click window %s after %d pass(es)", roi, passes)
+        # a small object is predicted again on the view ZoomIn would give click 2 (magnified)
+        box = magnified_window(
+            roi,
+            result[1],
+            seed,
             self._hw,
-            start_size=start,
-            min_size=self.zoom.min_crop_size or 200,
-            cap=lambda r: self._cap_roi(r, seed_click),
+            target_size=start,
             prob_thresh=self.zoom.prob_thresh,
+            min_size=min_size,
             expansion_ratio=self.zoom.expansion_ratio,
         )
-        region, out, net_hw, points = last[0]
-        logger.debug("first-click window %s after %d pass(es)", roi, passes)
+        if box is not None:
+            self.zoom.roi = box
+            result = self._predict(clicks, prev, box, None)
+            logger.debug("first-click object small: magnified pass on %s", box)
+        region, out, net_hw, points = result
         if info is not None:
-            info.update(zoom_changed=True, net_input_hw=net_hw, points=points.numpy())
+            zoomed = region is not None
+            info.update(zoom_changed=zoomed, net_input_hw=net_hw, points=points.numpy())
         # no stored ROI: from the next click on, ZoomIn decides exactly as in the reference
         return State(click, region, out, None)
 
