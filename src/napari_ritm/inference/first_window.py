@@ -40,6 +40,7 @@ the model's own prediction, so they need no image-type-specific heuristics.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -48,6 +49,7 @@ from napari_ritm.inference.transforms import Roi, expand_box
 
 __all__ = [
     "SMALL_OBJECT_PX",
+    "ObjectZoom",
     "grow_window",
     "initial_window",
     "magnified_window",
@@ -63,6 +65,26 @@ MAX_PASSES = 3
 #: pass won on whole cells, H&E and GOWT1 nuclei (52 objects better by > 0.02, 11 worse); at
 #: 64-100 px it lost on NIH3T3 nuclei, EM and natural images.
 SMALL_OBJECT_PX = 64
+
+
+@dataclass(frozen=True)
+class ObjectZoom:
+    """How ZoomIn turns a predicted object into a window (ritm-reference §8.4); the session
+    passes its ZoomIn's values.
+
+    Attributes:
+        prob_thresh: Object pixels are ``probs > prob_thresh`` (0.5).
+        min_size: Minimum side of a window (``min_crop_size``, 200).
+        expansion_ratio: Growth of the object's box about its centre (1.4).
+    """
+
+    prob_thresh: float = 0.5
+    min_size: float = 200
+    expansion_ratio: float = 1.4
+
+    def window(self, box: Roi) -> Roi:
+        """ZoomIn's window for an object ``box`` (not clamped to the image)."""
+        return expand_box(box, self.expansion_ratio, self.min_size)
 
 
 def initial_window(center: tuple[float, float], image_hw: tuple[int, int], size: int) -> Roi:
@@ -111,9 +133,7 @@ def magnified_window(
     *,
     small_px: int = SMALL_OBJECT_PX,
     target_size: int = 400,
-    prob_thresh: float = 0.5,
-    min_size: float = 200,
-    expansion_ratio: float = 1.4,
+    zoom: ObjectZoom = ObjectZoom(),
 ) -> Roi | None:
     """ZoomIn's box for a small object under ``seed`` (step 4), or None.
 
@@ -125,18 +145,18 @@ def magnified_window(
         image_hw: (H, W) of the image.
         small_px: Objects at least this long on a side are left as predicted.
         target_size: ZoomIn's network input side: a box shorter than it is magnified.
-        prob_thresh, min_size, expansion_ratio: As ZoomIn's.
+        zoom: ZoomIn's object threshold and window rule.
 
     Returns:
-        The object's box grown ``expansion_ratio`` times and to at least ``min_size``, clamped
-        to the image; None when no object lies under the seed, it is not small, or the box
-        would not be magnified (as long as ``target_size``: a small image).
+        ZoomIn's window for the object, clamped to the image; None when no object lies under
+        the seed, it is not small, or the box would not be magnified (as long as
+        ``target_size``: a small image).
     """
-    box = object_box(roi, roi_probs, seed, prob_thresh)
+    box = object_box(roi, roi_probs, seed, zoom.prob_thresh)
     if box is None or max(box[1] - box[0], box[3] - box[2]) + 1 >= small_px:
         return None
     h, w = image_hw
-    r0, r1, c0, c1 = expand_box(box, expansion_ratio, min_size)
+    r0, r1, c0, c1 = zoom.window(box)
     out = (max(r0, 0), min(r1, h - 1), max(c0, 0), min(c1, w - 1))
     if max(out[1] - out[0], out[3] - out[2]) + 1 >= target_size:
         return None
@@ -149,9 +169,7 @@ def grow_window(
     seed: tuple[float, float],
     image_hw: tuple[int, int],
     *,
-    prob_thresh: float = 0.5,
-    min_size: float = 200,
-    expansion_ratio: float = 1.4,
+    zoom: ObjectZoom = ObjectZoom(),
     growth: float = 1.25,
 ) -> Roi | None:
     """The next first-click window, or None when the object fits ``roi`` (or is empty).
@@ -161,9 +179,7 @@ def grow_window(
         roi_probs: (rmax-rmin+1, cmax-cmin+1) probabilities inside ``roi``.
         seed: (row, col) of the click whose object is followed, in image pixels.
         image_hw: (H, W) of the image.
-        prob_thresh: Object pixels are ``roi_probs > prob_thresh`` (ZoomIn's 0.5).
-        min_size: Minimum side of the window (ZoomIn's ``min_crop_size``).
-        expansion_ratio: Growth of the object box about its centre (ZoomIn's 1.4).
+        zoom: ZoomIn's object threshold and window rule.
         growth: Extension beyond each truncated side, in units of the object's extent.
 
     Returns:
@@ -172,7 +188,7 @@ def grow_window(
         or no object lies under the seed.
     """
     h, w = image_hw
-    box = object_box(roi, roi_probs, seed, prob_thresh)
+    box = object_box(roi, roi_probs, seed, zoom.prob_thresh)
     if box is None:
         return None
     b0, b1, d0, d1 = box
@@ -184,7 +200,7 @@ def grow_window(
     )
     if not any(cut):
         return None
-    out = list(expand_box((b0, b1, d0, d1), expansion_ratio, min_size))
+    out = list(zoom.window((b0, b1, d0, d1)))
     ext_r, ext_c = growth * (b1 - b0 + 1), growth * (d1 - d0 + 1)
     if cut[0]:
         out[0] = min(out[0], round(b0 - ext_r))
@@ -207,11 +223,9 @@ def search_first_window(
     image_hw: tuple[int, int],
     *,
     start_size: int = 400,
-    min_size: float = 200,
+    zoom: ObjectZoom = ObjectZoom(),
     cap: Callable[[Roi], Roi] = lambda roi: roi,
     max_passes: int = MAX_PASSES,
-    prob_thresh: float = 0.5,
-    expansion_ratio: float = 1.4,
 ) -> tuple[Roi, int]:
     """Run the first-click window search (module docstring).
 
@@ -221,10 +235,9 @@ def search_first_window(
         seed: (row, col) of the click.
         image_hw: (H, W) of the image.
         start_size: Side of the first window (ZoomIn's target size: scale 1).
-        min_size: Minimum side of a grown window (ZoomIn's ``min_crop_size``).
+        zoom: ZoomIn's object threshold and window rule (grown windows).
         cap: Bounds a window (e.g. the session's large-image ``window``).
         max_passes: Predictions at most.
-        prob_thresh, expansion_ratio: As ZoomIn's.
 
     Returns:
         ``(roi, passes)``: the window of the last prediction and how many ran.
@@ -236,15 +249,7 @@ def search_first_window(
         passes += 1
         if passes >= max_passes:
             return roi, passes
-        grown = grow_window(
-            roi,
-            probs,
-            seed,
-            image_hw,
-            prob_thresh=prob_thresh,
-            min_size=min_size,
-            expansion_ratio=expansion_ratio,
-        )
+        grown = grow_window(roi, probs, seed, image_hw, zoom=zoom)
         if grown is None:
             return roi, passes
         grown = cap(grown)

@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from napari_ritm.inference.clicks import Click
-from napari_ritm.inference.first_window import magnified_window, search_first_window
+from napari_ritm.inference.first_window import (
+    ObjectZoom,
+    magnified_window,
+    search_first_window,
+)
 from napari_ritm.inference.preprocess import Normalization, normalize_planes
 from napari_ritm.inference.presets import Preset
 from napari_ritm.inference.transforms import (
@@ -249,7 +253,9 @@ class PredictionSteps:
         seed = (seed_click.row, seed_click.col)
         target = self.zoom.target_size
         start = max(target) if isinstance(target, tuple) else int(target)
-        min_size = self.zoom.min_crop_size or 200
+        zoom = ObjectZoom(
+            self.zoom.prob_thresh, self.zoom.min_crop_size or 200, self.zoom.expansion_ratio
+        )
         if max(self._hw) <= start:
             # the whole image costs no more than a zoomed pass: run it at its own scale, as the
             # reference's first click (a start window would magnify a small image instead)
@@ -269,24 +275,13 @@ class PredictionSteps:
                 seed,
                 self._hw,
                 start_size=start,
-                min_size=min_size,
+                zoom=zoom,
                 cap=lambda r: self._cap_roi(r, seed_click),
-                prob_thresh=self.zoom.prob_thresh,
-                expansion_ratio=self.zoom.expansion_ratio,
             )
             result = last[0]
             logger.debug("first-click window %s after %d pass(es)", roi, passes)
         # a small object is predicted again on the view ZoomIn would give click 2 (magnified)
-        box = magnified_window(
-            roi,
-            result[1],
-            seed,
-            self._hw,
-            target_size=start,
-            prob_thresh=self.zoom.prob_thresh,
-            min_size=min_size,
-            expansion_ratio=self.zoom.expansion_ratio,
-        )
+        box = magnified_window(roi, result[1], seed, self._hw, target_size=start, zoom=zoom)
         if box is not None:
             self.zoom.roi = box
             result = self._predict(clicks, prev, box, None)
