@@ -16,8 +16,7 @@ first click locally and grows only when the object needs it:
    window side that is not an image side, the window becomes ZoomIn's box for that object
    (grown 1.4x, at least ``min_size``) extended by ``growth`` times the object's extent on the
    truncated sides, and step 2 runs again (now downscaled to 400 px), at most ``max_passes``
-   passes in all.
-
+   passes in all;
 4. small objects: if the object under the click spans fewer than :data:`SMALL_OBJECT_PX`
    pixels, one more pass runs on ZoomIn's box for it (grown 1.4x, at least ``min_size``: a 200
    px box shown at 400 px, 2x), without the first pass's mask, and its result is kept
