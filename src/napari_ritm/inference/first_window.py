@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from napari_ritm.inference.transforms import Roi, expand_box
+from napari_ritm.inference.transforms import Roi, clamp_box, expand_box
 
 __all__ = [
     "SMALL_OBJECT_PX",
@@ -148,15 +148,13 @@ def magnified_window(
 
     Returns:
         ZoomIn's window for the object, clamped to the image; None when no object lies under
-        the seed, it is not small, or the box would not be magnified (as long as
-        ``target_size``: a small image).
+        the seed, it is not small, or the box would not be magnified (not shorter than
+        ``target_size``: a ZoomIn whose minimum crop is the network input or larger).
     """
     box = object_box(roi, roi_probs, seed, zoom.prob_thresh)
     if box is None or max(box[1] - box[0], box[3] - box[2]) + 1 >= small_px:
         return None
-    h, w = image_hw
-    r0, r1, c0, c1 = zoom.window(box)
-    out = (max(r0, 0), min(r1, h - 1), max(c0, 0), min(c1, w - 1))
+    out = clamp_box(zoom.window(box), image_hw)
     if max(out[1] - out[0], out[3] - out[2]) + 1 >= target_size:
         return None
     return out
@@ -209,7 +207,7 @@ def grow_window(
         out[2] = min(out[2], round(d0 - ext_c))
     if cut[3]:
         out[3] = max(out[3], round(d1 + ext_c))
-    grown = (max(out[0], 0), min(out[1], h - 1), max(out[2], 0), min(out[3], w - 1))
+    grown = clamp_box(tuple(out), image_hw)
     beyond = (grown[0] < roi[0], grown[1] > roi[1], grown[2] < roi[2], grown[3] > roi[3])
     if not any(c and b for c, b in zip(cut, beyond, strict=True)):
         return None

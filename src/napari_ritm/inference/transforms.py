@@ -31,6 +31,7 @@ __all__ = [
     "ZoomIn",
     "ZoomInState",
     "box_iou",
+    "clamp_box",
     "clicks_in_roi",
     "expand_box",
     "map_clicks",
@@ -117,6 +118,12 @@ def expand_box(box: Roi, ratio: float, min_size: float | None) -> Roi:
     )
 
 
+def clamp_box(box: Roi, image_hw: tuple[int, int]) -> Roi:
+    """``box`` (inclusive) cut to the image of size ``image_hw``."""
+    h, w = image_hw
+    return max(box[0], 0), min(box[1], h - 1), max(box[2], 0), min(box[3], w - 1)
+
+
 def _mask_bbox(mask: np.ndarray) -> Roi | None:
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
@@ -170,8 +177,7 @@ def object_roi(
             r, cc = int(c.row), int(c.col)
             rmin, rmax = min(rmin, r), max(rmax, r)
             cmin, cmax = min(cmin, cc), max(cmax, cc)
-    rmin, rmax, cmin, cmax = expand_box((rmin, rmax, cmin, cmax), expansion_ratio, min_crop_size)
-    return max(rmin, 0), min(rmax, h - 1), max(cmin, 0), min(cmax, w - 1)
+    return clamp_box(expand_box((rmin, rmax, cmin, cmax), expansion_ratio, min_crop_size), (h, w))
 
 
 def clicks_in_roi(clicks: Sequence[Click], roi: Roi) -> bool:
